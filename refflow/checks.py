@@ -1,0 +1,77 @@
+"""Validation of user input at public entry points: clear ``ValueError`` naming the argument.
+
+Every check passes traced values (autograd Boxes) through untouched, so constructors can
+validate concrete arrays while ``tree.rebuild`` and training never evaluate a Python
+condition on a value being differentiated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import autograd.numpy as np
+
+from refflow.backend import is_traced, to_numpy
+
+__all__ = ["check_array", "check_finite", "check_positive", "check_int"]
+
+
+def check_finite(name: str, x: Any) -> Any:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinity."""
+    if is_traced(x):
+        return x
+    host = to_numpy(x)
+    if host.dtype.kind in "fc" and not bool(np.all(np.isfinite(host))):
+        bad = int(host.size - np.count_nonzero(np.isfinite(host)))
+        raise ValueError(f"{name}: expected finite values, found {bad} NaN or infinite entries")
+    return x
+
+
+def check_array(
+    name: str,
+    x: Any,
+    *,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+    last: int | tuple[int, ...] | None = None,
+    finite: bool = True,
+) -> Any:
+    """Check the rank, the trailing (event) shape and finiteness of an array argument.
+
+    ``last`` is the expected size of the last axis, or the expected trailing shape.
+    """
+    if is_traced(x):
+        return x
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise ValueError(f"{name}: expected an array, got {type(x).__name__}")
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {tuple(shape)}")
+    if min_ndim is not None and len(shape) < min_ndim:
+        raise ValueError(f"{name}: expected at least {min_ndim} dimensions, got shape {shape}")
+    if last is not None:
+        tail = (last,) if isinstance(last, int) else tuple(last)
+        if tuple(shape[len(shape) - len(tail):]) != tail or len(shape) < len(tail):
+            raise ValueError(
+                f"{name}: expected trailing shape {tail}, got shape {tuple(shape)}"
+            )
+    if finite:
+        check_finite(name, x)
+    return x
+
+
+def check_positive(name: str, x: Any) -> Any:
+    """Raise ``ValueError`` unless every entry of ``x`` is finite and > 0."""
+    if is_traced(x):
+        return x
+    check_finite(name, x)
+    if not bool(np.all(to_numpy(x) > 0)):
+        raise ValueError(f"{name}: expected strictly positive values")
+    return x
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -1,0 +1,1 @@
+"""Registrations of the bijection families, one module each."""
