@@ -1,0 +1,24 @@
+"""Registry factories for the autoregressive family: MAF, IAF (random orders) and SlowMAF."""
+
+from __future__ import annotations
+
+from refflow.autoregressive import IAF, MAF, SlowMAF
+from tests.registry import Case, example
+
+
+@example("MAF")
+def _maf(rng, dim):
+    # a random order and two hidden layers: the sequential forward must not assume 0..D-1
+    return Case(bijection=MAF.init(rng, dim, hidden=(12, 12), order="random"))
+
+
+@example("IAF")
+def _iaf(rng, dim):
+    return Case(bijection=IAF.init(rng, dim, hidden=(12,), order="random"))
+
+
+@example("SlowMAF")
+def _slow_maf(rng, dim):
+    slow = SlowMAF.init(rng, dim, hidden=(8,))
+    # a nonzero theta_1, so that the first coordinate is transformed too
+    return Case(bijection=SlowMAF(rng.normal(0.0, 0.5, (2,)), slow.nets))
