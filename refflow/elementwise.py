@@ -740,13 +740,17 @@ class RationalQuadraticSpline(_Elementwise):
         inner = np.cumsum(sizes[..., :-1], axis=-1) - self.bound
         return np.concatenate([edge - self.bound, inner, edge + self.bound], axis=-1)
 
+    def knots(self):
+        """The knots: x_k (..., D, K + 1), y_k (..., D, K + 1) and h'(x_k) (..., D, K + 1)."""
+        ones = np.ones_like(self.derivatives[..., :1])
+        return (self._knots(self.widths), self._knots(self.heights),
+                np.concatenate([ones, self.derivatives, ones], axis=-1))
+
     def _bin(self, v, inverse: bool):
         """(x_k, y_k, w, h_k, delta_k, delta_{k+1}) of the bin holding v, per element; the bin
         is searched among the x-knots (forward) or the y-knots (inverse)."""
-        xs, ys = self._knots(self.widths), self._knots(self.heights)        # (..., D, K + 1)
+        xs, ys, delta = self.knots()                                          # (..., D, K + 1)
         onehot = _bin_onehot(v, ys if inverse else xs)
-        ones = np.ones_like(self.derivatives[..., :1])
-        delta = np.concatenate([ones, self.derivatives, ones], axis=-1)       # (..., D, K + 1)
         x_k, y_k = _pick(xs[..., :-1], onehot), _pick(ys[..., :-1], onehot)
         w = _pick(xs[..., 1:], onehot) - x_k
         h = _pick(ys[..., 1:], onehot) - y_k
