@@ -1,4 +1,4 @@
-"""``python -m refflow.testing MODULE:FACTORY [--dim D] [--n N]``, the same as ``refflow verify``."""
+"""``python -m refflow.testing MODULE:FACTORY [--dim D] [--n N]``: ``refflow verify``."""
 
 import sys
 

@@ -23,11 +23,12 @@ a Richardson-extrapolated finite-difference Jacobian, per input row. Cost: 4 D c
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy
 
-from refflow.testing.differences import ArrayAdapter, is_torch, richardson_jacobian
+from refflow.testing.differences import ArrayAdapter, richardson_jacobian
 from refflow.testing.report import CHECKS, CheckResult, Report
 
 __all__ = ["check_bijection", "assert_bijection"]

@@ -17,7 +17,8 @@ Cost: 4 loss evaluations per entry (small arrays) or per direction (large arrays
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy
 
@@ -88,7 +89,8 @@ def check_gradients(
     import autograd
 
     if not isinstance(params, (list, tuple)) or not params:
-        raise ValueError(f"params: expected a non-empty list of arrays, got {type(params).__name__}")
+        raise ValueError(f"params: expected a non-empty list of arrays, "
+                         f"got {type(params).__name__}")
     params = list(params)
     for i, p in enumerate(params):
         if not B.is_array(p) or B.to_numpy(p).dtype.kind != "f":

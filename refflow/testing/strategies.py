@@ -20,7 +20,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy
 from hypothesis import strategies as st
@@ -34,8 +34,8 @@ def edge_values(edges: Sequence[float], offset: float = 1e-9) -> st.SearchStrate
     candidates = []
     for e in edges:
         e = float(e)
-        candidates += [e, float(numpy.nextafter(e, numpy.inf)), float(numpy.nextafter(e, -numpy.inf)),
-                       e + offset, e - offset]
+        up, down = numpy.nextafter(e, numpy.inf), numpy.nextafter(e, -numpy.inf)
+        candidates += [e, float(up), float(down), e + offset, e - offset]
     if not candidates:
         raise ValueError("edges: expected at least one edge value")
     return st.sampled_from(candidates)
