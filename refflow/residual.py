@@ -447,7 +447,9 @@ class Planar:
     w^T v > -1 (tanh' <= 1); orthogonally to w it is the identity. Training cannot leave
     this set: the unconstrained parameters are (w, u, b) and v = u_hat(w, u) =
     u + (m(w^T u) - w^T u) w / |w|^2, m(s) = -1 + softplus(s) (Rezende & Mohamed 2015,
-    appendix A; note the *squared* norm). The inverse solves the scalar equation for a by
+    appendix A; note the *squared* norm). In floating point softplus(w^T u) underflows
+    below eps for w^T u < -36 and w^T v rounds to -1: a - tanh(a) is still increasing (a
+    bijection), with log-det -inf only at a = 0. The inverse solves the scalar equation for a by
     bisection (``invert_increasing``, gradients by the implicit function theorem).
     Cost: O(D) forward and log-det; the inverse O(D) plus ~60 scalar bisection steps.
 
