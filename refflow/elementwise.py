@@ -455,8 +455,8 @@ def clenshaw_curtis(nodes: int, like):
     j = np.cumsum(np.ones_like(raw, shape=(n + 1,))) - 1.0           # 0, 1, ..., n
     k = np.cumsum(np.ones_like(raw, shape=(n // 2,)))                # 1, ..., floor(n/2)
     angle = (math.pi / n) * j
-    b = np.where(2.0 * k == n, 1.0, 2.0) / (4.0 * k * k - 1.0)
-    c = np.where((j == 0) | (j == n), 1.0, 2.0)
+    b = (2.0 - (2.0 * k == n).astype(k.dtype)) / (4.0 * k * k - 1.0)
+    c = 2.0 - ((j == 0) | (j == n)).astype(j.dtype)
     weights = c / n * (1.0 - np.sum(b * np.cos(2.0 * angle[:, None] * k), axis=-1))
     return np.cos(angle), weights
 
@@ -757,8 +757,10 @@ class RationalQuadraticSpline(_Elementwise):
         return x_k, y_k, w, h, _pick(delta[..., :-1], onehot), _pick(delta[..., 1:], onehot)
 
     def _inside(self, v):
+        # open interval: at +-B itself the identity tail gives h = +-B and h' = 1 exactly, the
+        # spline's own values there up to rounding (y_{K-1} + h_{K-1} may miss B by an ulp)
         raw = getval(v)
-        return (raw >= -self.bound) & (raw <= self.bound)
+        return (raw > -self.bound) & (raw < self.bound)
 
     def _spline(self, z):
         """(h(z), log h'(z)) for z in [-B, B]."""
