@@ -1,0 +1,1 @@
+"""Interop: refflow.testing on real transforms from peer libraries (torch, zuko, nflows)."""
