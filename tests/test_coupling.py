@@ -1,0 +1,191 @@
+"""Coupling family: NICE == RealNVP with s = 0, Coupling(ScalarAffine) == AffineCoupling,
+masks == contiguous splits, NICE's volume change, the im2col convolution against scipy, and
+a short RealNVP fit to two moons."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+import scipy.signal
+
+from refflow import backend as B
+from refflow.affine import Reverse
+from refflow.core import Compose, Flow
+from refflow.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Coupling,
+    Scaling,
+    alternating_mask,
+    channel_mask,
+    checkerboard_mask,
+    half_mask,
+)
+from refflow.datasets import moons
+from refflow.distributions import StandardNormal
+from refflow.elementwise import ScalarAffine
+from refflow.nn import MLP, Conv2d, ConvNet
+from refflow.train import fit, nll
+
+
+def _with_last(net: MLP, weight, bias) -> MLP:
+    return MLP(net.weights[:-1] + (B.asarray(weight),), net.biases[:-1] + (B.asarray(bias),),
+               net.activation)
+
+
+def _zero_scale_net(m: MLP) -> MLP:
+    """The (s, t) conditioner with s = 0 and t = m."""
+    w, b = m.weights[-1], m.biases[-1]
+    return _with_last(m, numpy.concatenate([0 * w, w], axis=1), numpy.concatenate([0 * b, b]))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_additive_is_affine_with_zero_scale(masked):
+    rng = B.rng(0)
+    dim = 5
+    split = alternating_mask(dim) if masked else 2
+    nice = AdditiveCoupling.init(rng, dim, split=split, hidden=(16,), activation="tanh")
+    realnvp = AffineCoupling(_zero_scale_net(nice.conditioner), split)
+    z = rng.standard_normal((7, dim))
+    x1, ld1 = nice.forward(z)
+    x2, ld2 = realnvp.forward(z)
+    numpy.testing.assert_allclose(x1, x2, atol=1e-14)
+    numpy.testing.assert_array_equal(ld1, 0.0)
+    numpy.testing.assert_allclose(ld2, 0.0, atol=1e-14)
+    numpy.testing.assert_allclose(nice.inverse(x1)[0], realnvp.inverse(x1)[0], atol=1e-14)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_coupling_with_scalar_affine_is_affine_coupling(masked):
+    rng = B.rng(1)
+    dim = 6
+    split = alternating_mask(dim, parity=1) if masked else 2
+    realnvp = AffineCoupling.init(rng, dim, split=split, hidden=(16,), scale_bound=None)
+    # RealNVP's output is (s_1..s_k, t_1..t_k); ScalarAffine reads (log a_j, b_j) per coordinate
+    w, b = B.to_numpy(realnvp.conditioner.weights[-1]), B.to_numpy(realnvp.conditioner.biases[-1])
+    k = w.shape[1] // 2
+    order = numpy.ravel(numpy.stack([numpy.arange(k), k + numpy.arange(k)], axis=1))
+    general = Coupling(_with_last(realnvp.conditioner, w[:, order], b[order]), ScalarAffine,
+                       split)
+    z = rng.standard_normal((9, dim))
+    x1, ld1 = realnvp.forward(z)
+    x2, ld2 = general.forward(z)
+    numpy.testing.assert_allclose(x2, x1, atol=1e-13)
+    numpy.testing.assert_allclose(ld2, ld1, atol=1e-13)
+    z1, li1 = realnvp.inverse(x1)
+    z2, li2 = general.inverse(x1)
+    numpy.testing.assert_allclose(z2, z1, atol=1e-13)
+    numpy.testing.assert_allclose(li2, li1, atol=1e-13)
+
+
+def test_half_mask_equals_contiguous_split():
+    """The mask path (b * z into the conditioner) and the slice path agree when wired alike."""
+    rng = B.rng(2)
+    dim, d = 6, 3
+    split_layer = AffineCoupling.init(rng, dim, split=d, hidden=(8,))
+    w1, b1 = (B.to_numpy(a) for a in (split_layer.conditioner.weights[0],
+                                      split_layer.conditioner.biases[0]))
+    w2, b2 = (B.to_numpy(a) for a in (split_layer.conditioner.weights[1],
+                                      split_layer.conditioner.biases[1]))
+    k = dim - d
+    # mask net: reads all D inputs (the masked ones are 0), writes (s, t) for all D coordinates
+    w1_full = numpy.concatenate([w1, numpy.ones((k, w1.shape[1]))], axis=0)
+    zeros_w, zeros_b = numpy.zeros((w2.shape[0], d)), numpy.zeros(d)
+    w2_full = numpy.concatenate([zeros_w, w2[:, :k], zeros_w, w2[:, k:]], axis=1)
+    b2_full = numpy.concatenate([zeros_b, b2[:k], zeros_b, b2[k:]])
+    net = MLP((B.asarray(w1_full), B.asarray(w2_full)), (B.asarray(b1), B.asarray(b2_full)),
+              "tanh")
+    mask_layer = AffineCoupling(net, half_mask(dim))
+    z = rng.standard_normal((5, dim))
+    for a, b in zip(split_layer.forward(z), mask_layer.forward(z)):
+        numpy.testing.assert_allclose(a, b, atol=1e-13)
+
+
+def test_masks():
+    assert B.to_numpy(half_mask(5, first=False)).tolist() == [0, 0, 1, 1, 1]
+    assert B.to_numpy(alternating_mask(4, parity=1)).tolist() == [0, 1, 0, 1]
+    board = B.to_numpy(checkerboard_mask((3, 4, 2)))
+    i, j = numpy.meshgrid(numpy.arange(3), numpy.arange(4), indexing="ij")
+    numpy.testing.assert_array_equal(board[..., 0], (i + j) % 2 == 0)
+    numpy.testing.assert_array_equal(board[..., 0], board[..., 1])
+    ch = B.to_numpy(channel_mask((2, 2, 4), parity=1))
+    numpy.testing.assert_array_equal(ch[1, 0], [0, 0, 1, 1])
+
+
+def test_mask_copies_the_conditioning_part_exactly():
+    rng = B.rng(3)
+    shape = (4, 4, 2)
+    b = checkerboard_mask(shape)
+    f = AffineCoupling.init(rng, shape, split=b, hidden=(4,))
+    z = rng.standard_normal((3,) + shape)
+    x, _ = f.forward(z)
+    keep = B.to_numpy(b) == 1
+    numpy.testing.assert_array_equal(B.to_numpy(x)[:, keep], B.to_numpy(z)[:, keep])
+    assert not numpy.allclose(B.to_numpy(x)[:, ~keep], B.to_numpy(z)[:, ~keep])
+
+
+def test_nice_volume_change_is_the_scaling_alone():
+    """Additive layers have unit Jacobian: NICE's log-det is sum log s whatever the input."""
+    rng = B.rng(4)
+    dim = 4
+    scale = B.asarray([0.5, 2.0, 3.0, 0.25])
+    nice = Compose(AdditiveCoupling.init(rng, dim), Reverse(), AdditiveCoupling.init(rng, dim),
+                   Scaling(scale))
+    _, ld = nice.forward(rng.standard_normal((6, dim)))
+    numpy.testing.assert_allclose(ld, numpy.log(0.5 * 2.0 * 3.0 * 0.25), atol=1e-14)
+
+
+def test_conv2d_matches_scipy_correlation():
+    rng = B.rng(5)
+    conv = Conv2d.init(rng, 3, 2, kernel_size=3)
+    x = rng.standard_normal((2, 5, 6, 3))
+    y = B.to_numpy(conv(x))
+    w, xh = B.to_numpy(conv.weight), B.to_numpy(x)
+    expected = numpy.zeros((2, 5, 6, 2)) + B.to_numpy(conv.bias)
+    for n in range(2):
+        for o in range(2):
+            for c in range(3):
+                expected[n, :, :, o] += scipy.signal.correlate2d(xh[n, :, :, c], w[:, :, c, o],
+                                                                 mode="same")
+    numpy.testing.assert_allclose(y, expected, atol=1e-13)
+
+
+def test_convnet_zero_last_is_zero_and_shapes():
+    rng = B.rng(6)
+    net = ConvNet.init(rng, [2, 8, 8, 6], zero_last=True)
+    out = net(rng.standard_normal((3, 4, 4, 2)))
+    assert out.shape == (3, 4, 4, 6)
+    numpy.testing.assert_array_equal(B.to_numpy(out), 0.0)
+
+
+def test_bad_arguments_raise_value_errors():
+    rng = B.rng(7)
+    net = MLP.init(rng, [2, 4])
+    with pytest.raises(ValueError, match="split"):
+        AffineCoupling(net, split=0)
+    with pytest.raises(ValueError, match="split"):
+        AffineCoupling(net, split=B.ones(4))  # a mask that keeps everything
+    with pytest.raises(ValueError, match="scale"):
+        Scaling(B.asarray([1.0, -1.0]))
+    with pytest.raises(ValueError, match="transformer"):
+        Coupling(net, int, 1)
+    with pytest.raises(ValueError, match="dim"):
+        AffineCoupling.init(rng, 1)
+    with pytest.raises(ValueError, match="shape"):
+        checkerboard_mask((4, 4))
+
+
+def test_realnvp_fit_to_two_moons_lowers_the_nll():
+    rng = B.rng(0)
+    layers = []
+    for _ in range(4):
+        layers += [AffineCoupling.init(rng, 2, hidden=(32, 32), zero_last=True), Reverse()]
+    flow = Flow(StandardNormal(2), Compose(*layers))
+    train, test = moons(2000, B.rng(1)), moons(2000, B.rng(2))
+    before = float(nll(flow, test))
+    flow, history = fit(flow, train, steps=200, batch_size=256, lr=5e-3, rng=B.rng(3))
+    after = float(nll(flow, test))
+    # measured: 2.35 -> 1.46 nats in 200 steps (3.5 s); a fitted Gaussian scores 1.91
+    assert after < 1.75, after
+    assert numpy.isfinite(history["loss"]).all()
+    assert after < before - 0.7, (before, after)
