@@ -9,13 +9,14 @@ runs both. The pages follow the lecture section by section and quote the real so
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import sys
 from pathlib import Path
 
 from docutils import nodes
-from docutils.statemachine import StringList
 from docutils.parsers.rst import directives
+from docutils.statemachine import StringList
 from sphinx.directives.other import Include
 from sphinx.directives.patches import Figure
 from sphinx.util.docutils import SphinxDirective
@@ -147,8 +148,17 @@ class ApiDirective(SphinxDirective):
                 if exc.name != f"refflow.{name}":
                     raise
                 continue
+            module = sys.modules[f"refflow.{name}"]
+            # constants (tables, dicts, ints) get an entry of their own, without their value
+            data = [n for n in getattr(module, "__all__", ())
+                    if not (callable(getattr(module, n)) or inspect.ismodule(getattr(module, n)))]
             title = f"``refflow.{name}``"
-            lines += [title, "-" * len(title), "", f".. automodule:: refflow.{name}", ""]
+            lines += [title, "-" * len(title), "", f".. automodule:: refflow.{name}"]
+            if data:
+                lines += [f"   :exclude-members: {', '.join(data)}"]
+            lines += [""]
+            for n in data:
+                lines += [f".. autodata:: refflow.{name}.{n}", "   :no-value:", ""]
         section = nodes.section()
         nested_parse_with_titles(self.state, StringList(lines, source="refflow-api"), section)
         return section.children
@@ -200,7 +210,19 @@ def escape_plain_formulas(app, what, name, obj, options, lines: list[str]) -> No
         lines[i] = _escape_prose(line)
 
 
+def describe_constants(app, what, name, obj, options, lines: list[str]) -> None:
+    """A constant without a doc comment would show its type's docstring (``frozenset() ->
+    empty frozenset object``) or nothing; say what it is and where it is explained."""
+    if what != "data":
+        return
+    own = "\n".join(lines).strip()
+    if not own or own == (inspect.getdoc(type(obj)) or "").strip():
+        module = name.rsplit(".", 1)[0]
+        lines[:] = [f"A constant ({type(obj).__name__}); see :mod:`{module}`."]
+
+
 def setup(app):
+    app.connect("autodoc-process-docstring", describe_constants, priority=90)
     app.connect("autodoc-process-docstring", escape_plain_formulas, priority=100)
     app.add_directive("refflow-result", ResultDirective)
     app.add_directive("refflow-figure", OptionalFigure)
