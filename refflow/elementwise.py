@@ -105,23 +105,43 @@ def _build(cls, **fields):
 
 
 class _Elementwise:
-    """forward / inverse / log-det of x = h(z) from a class's ``transform``, ``log_derivative``
-    and ``inverse_transform``."""
+    """The bijection protocol for x = h(z) from a class's ``_forward(z) -> (h(z), log h'(z))``
+    and either ``_inverse(x) -> (z, log h'(z))`` or ``_bracket(x) -> (lo, hi)`` around h^{-1}(x)
+    for the numerical inverse."""
 
     P: ClassVar[int]
 
     def forward(self, z):
         """x = h(z) element-wise and log|det J| = sum over the last axis of log h'(z)."""
-        return self.transform(z), np.sum(self.log_derivative(z), axis=-1)
+        x, log_d = self._forward(z)
+        return x, np.sum(log_d, axis=-1)
 
     def inverse(self, x):
         """z = h^{-1}(x) element-wise and log|det J_{f^{-1}}(x)| = -sum log h'(z)."""
-        z = self.inverse_transform(x)
-        return z, -np.sum(self.log_derivative(z), axis=-1)
+        z, log_d = self._inverse(x)
+        return z, -np.sum(log_d, axis=-1)
+
+    def transform(self, z):
+        """h(z) element-wise."""
+        return self._forward(z)[0]
+
+    def inverse_transform(self, x):
+        """h^{-1}(x) element-wise."""
+        return self._inverse(x)[0]
+
+    def log_derivative(self, z):
+        """log h'(z) element-wise."""
+        return self._forward(z)[1]
 
     def derivative(self, z):
         """h'(z) element-wise (positive)."""
         return np.exp(self.log_derivative(z))
+
+    def _inverse(self, x):
+        # bisection on a bracket, gradients by the implicit function theorem (solvers.py)
+        lo, hi = self._bracket(x)
+        z = invert_increasing(self.transform, x, lo, hi, dh=self.derivative)
+        return z, self.log_derivative(z)
 
 
 # ------------------------------------------------------------------------------ affine
@@ -187,14 +207,11 @@ class ScalarAffine(_Elementwise):
         """The theta (..., D, 2) that ``from_unconstrained`` maps to this bijection."""
         return _stack_last([np.log(self.a)[..., None], self.b[..., None]])
 
-    def transform(self, z):
-        return self.a * z + self.b
+    def _forward(self, z):
+        return self.a * z + self.b, np.log(self.a) + np.zeros_like(z)
 
-    def inverse_transform(self, x):
-        return (x - self.b) / self.a
-
-    def log_derivative(self, z):
-        return np.log(self.a) + np.zeros_like(z)
+    def _inverse(self, x):
+        return (x - self.b) / self.a, np.log(self.a) + np.zeros_like(x)
 
 
 # ------------------------------------------------------------------------ perturbation
@@ -286,20 +303,17 @@ class Perturbation(_Elementwise):
         return _stack_last([v[..., None] for v in
                             (np.log(self.a), self.b, t_c, np.log(self.d), self.e)])
 
-    def transform(self, z):
-        u = self.d * z + self.e
-        return self.a * z + self.b + self.c / (1.0 + u * u)
-
-    def log_derivative(self, z):
+    def _forward(self, z):
         u = self.d * z + self.e
         q = 1.0 + u * u
-        return np.log(self.a - 2.0 * self.c * self.d * u / (q * q))
+        x = self.a * z + self.b + self.c / q
+        return x, np.log(self.a - 2.0 * self.c * self.d * u / (q * q))
 
-    def inverse_transform(self, x):
+    def _bracket(self, x):
         lo = (x - self.b - np.maximum(self.c, 0.0)) / self.a
         hi = (x - self.b - np.minimum(self.c, 0.0)) / self.a
         # the +-1 margin keeps lo < hi when c = 0; the bracket is exact otherwise
-        return invert_increasing(self.transform, x, lo - 1.0, hi + 1.0, dh=self.derivative)
+        return lo - 1.0, hi + 1.0
 
 
 # ---------------------------------------------------------------------------- monotone
@@ -393,20 +407,15 @@ class Monotone(_Elementwise):
         return _stack_last([np.log(self.alpha)[..., None], self.beta[..., None],
                             np.log(self.w), np.log(self.u), self.v])
 
-    def _sigmoids(self, z):
-        return _sigmoid(z[..., None] * self.u + self.v)            # (..., D, H)
+    def _forward(self, z):
+        s = _sigmoid(z[..., None] * self.u + self.v)                    # (..., D, H)
+        x = self.alpha * z + self.beta + np.sum(self.w * s, axis=-1)
+        return x, np.log(self.alpha + np.sum(self.w * self.u * s * (1.0 - s), axis=-1))
 
-    def transform(self, z):
-        return self.alpha * z + self.beta + np.sum(self.w * self._sigmoids(z), axis=-1)
-
-    def log_derivative(self, z):
-        s = self._sigmoids(z)
-        return np.log(self.alpha + np.sum(self.w * self.u * s * (1.0 - s), axis=-1))
-
-    def inverse_transform(self, x):
+    def _bracket(self, x):
         lo = (x - self.beta - np.sum(self.w, axis=-1)) / self.alpha
         hi = (x - self.beta) / self.alpha
-        return invert_increasing(self.transform, x, lo - 1.0, hi + 1.0, dh=self.derivative)
+        return lo - 1.0, hi + 1.0
 
 
 # ---------------------------------------------------------------------------- integral
@@ -577,22 +586,18 @@ class Integral(_Elementwise):
         hidden = np.tanh(t[..., None] * self.w1[..., None, :] + self.b1[..., None, :])
         return np.sum(hidden * self.w2[..., None, :], axis=-1) + self.b2[..., None]
 
-    def transform(self, z):
-        return self.offset + integrate_from_zero(
+    def _forward(self, z):
+        x = self.offset + integrate_from_zero(
             lambda t: np.exp(self.log_integrand(t)), z, self.nodes)
+        return x, self.log_integrand(z[..., None])[..., 0]
 
-    def log_derivative(self, z):
-        return self.log_integrand(z[..., None])[..., 0]
-
-    def inverse_transform(self, x):
+    def _bracket(self, x):
         spread = np.sum(np.abs(self.w2), axis=-1)
         g_min, g_max = np.exp(self.b2 - spread), np.exp(self.b2 + spread)
         y = x - self.offset
         # g_min z <= h(z) - b <= g_max z for z >= 0, reversed for z < 0; +-1 absorbs the
         # quadrature error and keeps lo < hi at y = 0
-        lo = np.minimum(y / g_min, y / g_max) - 1.0
-        hi = np.maximum(y / g_min, y / g_max) + 1.0
-        return invert_increasing(self.transform, x, lo, hi, dh=self.derivative)
+        return np.minimum(y / g_min, y / g_max) - 1.0, np.maximum(y / g_min, y / g_max) + 1.0
 
 
 # ------------------------------------------------------------------------------ spline
@@ -762,28 +767,23 @@ class RationalQuadraticSpline(_Elementwise):
         raw = getval(v)
         return (raw > -self.bound) & (raw < self.bound)
 
-    def _spline(self, z):
-        """(h(z), log h'(z)) for z in [-B, B]."""
-        x_k, y_k, w, h, d0, d1 = self._bin(z, inverse=False)
-        s = h / w
-        xi = (z - x_k) / w
+    @staticmethod
+    def _rational_quadratic(xi, s, h, y_k, d0, d1):
+        """(h(z), log h'(z)) in a bin, from xi = (z - x_k) / w in [0, 1]."""
         m = xi * (1.0 - xi)
         den = s * (xi * xi + (1.0 - xi) ** 2) + (d0 + d1) * m     # = s + (d0 + d1 - 2s) m > 0
         x = y_k + h * (s * xi * xi + d0 * m) / den
         num = d1 * xi * xi + 2.0 * s * m + d0 * (1.0 - xi) ** 2
         return x, 2.0 * np.log(s) + np.log(num) - 2.0 * np.log(den)
 
-    def transform(self, z):
+    def _forward(self, z):
         inside = self._inside(z)
-        x, _ = self._spline(np.where(inside, z, 0.0))
-        return np.where(inside, x, z)
+        z_in = np.where(inside, z, 0.0)          # masked first: tails never reach the logs
+        x_k, y_k, w, h, d0, d1 = self._bin(z_in, inverse=False)
+        x, log_d = self._rational_quadratic((z_in - x_k) / w, h / w, h, y_k, d0, d1)
+        return np.where(inside, x, z), np.where(inside, log_d, 0.0)
 
-    def log_derivative(self, z):
-        inside = self._inside(z)
-        _, log_d = self._spline(np.where(inside, z, 0.0))
-        return np.where(inside, log_d, 0.0)
-
-    def inverse_transform(self, x):
+    def _inverse(self, x):
         inside = self._inside(x)
         y = np.where(inside, x, 0.0)
         x_k, y_k, w, h, d0, d1 = self._bin(y, inverse=True)
@@ -795,4 +795,5 @@ class RationalQuadraticSpline(_Elementwise):
         qc = -s * dy
         disc = np.maximum(qb * qb - 4.0 * qa * qc, 0.0)     # >= 0 exactly; rounding aside
         xi = 2.0 * qc / (-qb - np.sqrt(disc))
-        return np.where(inside, x_k + xi * w, x)
+        _, log_d = self._rational_quadratic(xi, s, h, y_k, d0, d1)
+        return np.where(inside, x_k + xi * w, x), np.where(inside, log_d, 0.0)
