@@ -14,10 +14,10 @@ evaluates densities in one; IAF the other way round. ``benchmarks/autoregressive
 measures it, ``docs/autoregressive_costs.md`` holds the table.
 
 Transformers: by default the lecture's affine map x_i = z_i exp(alpha_i) + mu_i, with
-theta_i = (mu_i, alpha_i). Any element-wise transformer class with a class attribute ``P``
-(parameters per coordinate) and ``from_unconstrained(theta, **options)`` for theta of shape
-(..., D, P) may replace it, e.g. ``refflow.elementwise.RationalQuadraticSpline`` (a neural
-spline autoregressive flow).
+theta_i = (mu_i, alpha_i). Any element-wise transformer class with ``P`` parameters per
+coordinate (``num_params(**options)`` when it has one) and ``from_unconstrained(theta,
+**options)`` for theta of shape (..., D, P) may replace it, e.g.
+``refflow.elementwise.RationalQuadraticSpline`` (a neural spline autoregressive flow).
 
 Notes
 -----
@@ -45,6 +45,7 @@ References
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,9 +95,12 @@ def _transformer_class(transformer: Any) -> Any:
 
 def _params_per_dim(transformer: Any, options: dict) -> int:
     """P, the number of unconstrained parameters per coordinate of ``transformer``."""
-    p = transformer.P
-    # a transformer whose size depends on its options (a spline's bin count) computes it
-    return int(p(**options) if callable(p) else p)
+    count = getattr(transformer, "num_params", None)
+    if count is None:
+        return int(transformer.P)
+    # the size depends on some options only (a spline's bins, not its bound)
+    accepted = inspect.signature(count).parameters
+    return int(count(**{k: v for k, v in options.items() if k in accepted}))
 
 
 def _order(order: Any, dim: int, rng: Any) -> tuple:
@@ -251,13 +255,32 @@ def _check_conditioner(made: Any, transformer: Any, options: dict) -> None:
         )
 
 
-def _init_made(rng, dim, hidden, transformer, options, order, activation, dtype) -> MADE:
-    p = _params_per_dim(_transformer_class(transformer), options)
-    return MADE.init(rng, dim, hidden, p, order, activation, dtype)
+@dataclass(frozen=True, eq=False)
+class _Autoregressive:
+    """What MAF and IAF share: a conditioner, a transformer class and its static options."""
+
+    made: Any
+    transformer: Any = field(default=None, metadata={"static": True})
+    options: dict = field(default_factory=dict, metadata={"static": True})
+
+    def __post_init__(self):
+        _check_conditioner(self.made, self.transformer, self.options)
+
+    @classmethod
+    def init(cls, rng: Any, dim: int, hidden: tuple = (64, 64), transformer: Any = None,
+             order: Any = "natural", activation: str = "tanh", dtype: Any = None,
+             **options: Any) -> Any:
+        """A MADE conditioner sized for ``transformer`` (default: the lecture's affine map)."""
+        p = _params_per_dim(_transformer_class(transformer), options)
+        made = MADE.init(rng, dim, hidden, p, order, activation, dtype)
+        return cls(made, transformer, dict(options))
+
+    def _h(self, theta):
+        return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
 
 
 @dataclass(frozen=True, eq=False)
-class MAF:
+class MAF(_Autoregressive):
     r"""Masked autoregressive flow x_i = h(z_i; Theta_i(x_<i)), default z_i exp(alpha_i) + mu_i.
 
     Parameters
@@ -306,24 +329,6 @@ class MAF:
     (True, True)
     """
 
-    made: Any
-    transformer: Any = field(default=None, metadata={"static": True})
-    options: dict = field(default_factory=dict, metadata={"static": True})
-
-    def __post_init__(self):
-        _check_conditioner(self.made, self.transformer, self.options)
-
-    @classmethod
-    def init(cls, rng: Any, dim: int, hidden: tuple = (64, 64), transformer: Any = None,
-             order: Any = "natural", activation: str = "tanh", dtype: Any = None,
-             **options: Any) -> MAF:
-        """A MADE conditioner sized for ``transformer`` (default: the lecture's affine map)."""
-        made = _init_made(rng, dim, hidden, transformer, options, order, activation, dtype)
-        return cls(made, transformer, dict(options))
-
-    def _h(self, theta):
-        return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
-
     def forward(self, z):
         check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None))
         x = np.zeros_like(z)
@@ -339,7 +344,7 @@ class MAF:
 
 
 @dataclass(frozen=True, eq=False)
-class IAF:
+class IAF(_Autoregressive):
     r"""Inverse autoregressive flow x_i = h(z_i; Theta_i(z_<i)), default z_i exp(alpha_i) + mu_i.
 
     Parameters
@@ -384,24 +389,6 @@ class IAF:
     >>> bool(abs(z_back - z).max() < 1e-12)
     True
     """
-
-    made: Any
-    transformer: Any = field(default=None, metadata={"static": True})
-    options: dict = field(default_factory=dict, metadata={"static": True})
-
-    def __post_init__(self):
-        _check_conditioner(self.made, self.transformer, self.options)
-
-    @classmethod
-    def init(cls, rng: Any, dim: int, hidden: tuple = (64, 64), transformer: Any = None,
-             order: Any = "natural", activation: str = "tanh", dtype: Any = None,
-             **options: Any) -> IAF:
-        """A MADE conditioner sized for ``transformer`` (default: the lecture's affine map)."""
-        made = _init_made(rng, dim, hidden, transformer, options, order, activation, dtype)
-        return cls(made, transformer, dict(options))
-
-    def _h(self, theta):
-        return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
 
     def forward(self, z):
         check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None))

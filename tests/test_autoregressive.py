@@ -22,6 +22,7 @@ from refflow.autoregressive import IAF, MADE, MAF, SlowMAF
 from refflow.core import Compose, Flow, Inverse
 from refflow.datasets import maf_toy
 from refflow.distributions import StandardNormal
+from refflow.elementwise import RationalQuadraticSpline
 from refflow.jacobian import jacobian
 from refflow.train import fit, nll
 
@@ -72,6 +73,11 @@ def test_made_orders_and_validation():
         MADE.init(rng, 0)
     with pytest.raises(ValueError, match="outputs_per_dim"):
         MAF(MADE.init(rng, 3, outputs_per_dim=3))
+    with pytest.raises(ValueError, match="outputs_per_dim"):
+        IAF(MADE.init(rng, 3), RationalQuadraticSpline, {"bins": 4})
+    assert MAF.init(rng, 3, transformer=RationalQuadraticSpline, bins=4).made.outputs_per_dim == 11
+    with pytest.raises(ValueError, match="transformer"):
+        MAF(MADE.init(rng, 3), transformer=object)
     with pytest.raises(ValueError, match="z"):
         MAF.init(rng, 3, hidden=(4,)).forward(rng.standard_normal((2, 4)))
     with pytest.raises(ValueError, match="x"):
@@ -79,8 +85,11 @@ def test_made_orders_and_validation():
 
 
 def _flows(rng, dim, hidden, order):
+    spline = {"transformer": RationalQuadraticSpline, "bins": 4, "bound": 2.0}
     return [MAF.init(rng, dim, hidden=hidden, order=order),
-            IAF.init(rng, dim, hidden=hidden, order=order)]
+            IAF.init(rng, dim, hidden=hidden, order=order),
+            MAF.init(rng, dim, hidden=hidden, order=order, **spline),
+            IAF.init(rng, dim, hidden=hidden, order=order, **spline)]
 
 
 @small

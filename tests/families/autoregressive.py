@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from refflow.autoregressive import IAF, MAF, SlowMAF
+from refflow.elementwise import RationalQuadraticSpline
 from tests.registry import Case, example
 
 
@@ -22,3 +23,16 @@ def _slow_maf(rng, dim):
     slow = SlowMAF.init(rng, dim, hidden=(8,))
     # a nonzero theta_1, so that the first coordinate is transformed too
     return Case(bijection=SlowMAF(rng.normal(0.0, 0.5, (2,)), slow.nets))
+
+
+@example("MAF[spline]")
+def _maf_spline(rng, dim):
+    # a neural spline autoregressive flow: inputs N(0, 1) reach both tails beyond +-2.5
+    return Case(bijection=MAF.init(rng, dim, hidden=(12,), transformer=RationalQuadraticSpline,
+                                   order="random", bins=4, bound=2.5), fd_atol=1e-4)
+
+
+@example("IAF[spline]")
+def _iaf_spline(rng, dim):
+    return Case(bijection=IAF.init(rng, dim, hidden=(12,), transformer=RationalQuadraticSpline,
+                                   order="reversed", bins=5, bound=2.5), fd_atol=1e-4)
