@@ -11,7 +11,8 @@
 
 Writes ``maf_toy.png`` and ``moons.png`` (data, samples, fitted density) to ``--out`` when
 matplotlib is installed. Run: ``python examples/maf_density.py [--steps 1500] [--out DIR]``
-(about a minute on one core).
+(about 75 s of CPU time on one core; measured: toy test NLL 3.562 against the entropy
+3.531, two moons 1.159).
 """
 
 from __future__ import annotations
