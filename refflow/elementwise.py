@@ -650,8 +650,11 @@ class RationalQuadraticSpline(_Elementwise):
     b = h_k delta_k - (x - y_k) Delta, c = -s (x - y_k), Delta = delta_{k+1} + delta_k - 2s;
     the root in [0, 1] is taken as xi = 2c / (-b - sqrt(b^2 - 4ac)), which avoids the
     cancellation of (-b + sqrt(.)) / 2a. h is C^1 and strictly increasing for any positive
-    widths, heights and derivatives. Inputs are masked into [-B, B] before any operation
-    that could overflow, so tails, knots and +-B have finite values and gradients.
+    widths, heights and derivatives. Inputs outside (-B, B) are replaced by 0 before the
+    spline maths (``where`` differentiates both branches, so masking the output alone would
+    let a tail input put inf or NaN into the gradient); at +-B the identity tail gives +-B
+    exactly. The bin is found by comparisons (a one-hot, no gradient needed), without
+    loops over samples.
     Unconstrained theta = (softmax logits of widths (K), of heights (K), softplus
     pre-images of the interior derivatives (K - 1)), P = 3K - 1; theta = 0 is the identity.
     Cost O(D K) both ways.
