@@ -1,0 +1,304 @@
+r"""The ``refflow`` command: ``tour``, ``train``, ``sample``, ``vi`` and ``verify``.
+
+``refflow tour`` walks the lecture in order and is the first command to run. The others
+train a 2-D flow by maximum likelihood (``train``) or by variational inference against an
+energy U1..U5 (``vi``), draw samples from a saved model (``sample``) and check any bijection
+implementation (``verify``, see ``refflow.testing``).
+
+Exit status: 0 on success, 1 when the command fails while running (an unreadable model
+file, an output folder that cannot be created, a training run that diverges), 2 for a usage
+error (an unknown flow, dataset or target, a malformed or out-of-range number).
+
+Notes
+-----
+Lecture: the whole lecture (``tour``), the two applications of flows (``train``: density
+estimation; ``vi``: variational inference with the ELBO) and sampling (``sample``).
+
+Examples
+--------
+>>> parser = build_parser()
+>>> parser.parse_args(["train", "--data", "moons", "--flow", "realnvp", "--out", "x"]).layers
+6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from refflow import backend as B
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``refflow`` and its sub-commands."""
+    from refflow.datasets import DATASETS
+    from refflow.potentials import POTENTIALS
+    from refflow.tour import FLOWS
+
+    parser = argparse.ArgumentParser(
+        prog="refflow", description="Normalizing flows, the readable reference. "
+        "Start with `refflow tour`.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("tour", help="walk the lecture: every construct checked live, "
+                       "RealNVP on two moons, planar flows on U1, figures",
+                       description="Walk the lecture in order (under two minutes on 2 cores).")
+    p.add_argument("--out", default="tour", help="output folder for the figures (default: ./tour)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--moons-steps", type=_positive_int, default=800,
+                   help="RealNVP training steps (default 800)")
+    p.add_argument("--vi-steps", type=_positive_int, default=600,
+                   help="planar-flow VI steps (default 600)")
+
+    p = sub.add_parser("train", help="fit a flow to a 2-D dataset by maximum likelihood",
+                       description="Fit a flow by maximum likelihood; writes model.npz, "
+                       "metrics.json and figures into --out.")
+    p.add_argument("--data", required=True, choices=sorted(DATASETS), help="dataset")
+    p.add_argument("--flow", required=True, choices=sorted(FLOWS), help="flow family")
+    p.add_argument("--layers", type=_positive_int, default=6, help="layers (default 6)")
+    p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (default 32)")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="steps (default 2000)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="batch (default 256)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
+    p.add_argument("--n", type=_positive_int, default=5000, help="training samples drawn")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+
+    p = sub.add_parser("sample", help="draw samples from a saved model",
+                       description="Draw samples from a model saved by `refflow train` or "
+                       "`refflow vi`; --out ending in .npy, .csv or .png.")
+    p.add_argument("--model", required=True, help="path of a model .npz")
+    p.add_argument("-n", type=_positive_int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="output file: .npy, .csv or .png")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("vi", help="fit a flow to an energy U1..U5 by variational inference",
+                       description="Maximise the ELBO of a flow q against exp(-U); reports "
+                       "KL(q || p) = log Z - ELBO with log Z by quadrature.")
+    p.add_argument("--target", required=True, choices=sorted(POTENTIALS), help="energy U")
+    p.add_argument("--flow", default="planar", choices=sorted(FLOWS), help="flow family")
+    p.add_argument("-K", "--layers", dest="layers", type=_positive_int, default=32,
+                   help="number of layers K (default 32)")
+    p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (default 32)")
+    p.add_argument("--steps", type=_positive_int, default=3000, help="steps (default 3000)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="samples per step")
+    p.add_argument("--lr", type=_positive_float, default=5e-3, help="learning rate")
+    p.add_argument("--anneal", type=_nonnegative_int, default=None,
+                   help="annealing steps (default: a third of --steps)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+
+    p = sub.add_parser("verify", help="check a bijection implementation (refflow.testing)",
+                       description="Delegates to refflow.testing.verify_main: "
+                       "refflow verify MODULE:FACTORY [--dim D] [--n N].", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="MODULE:FACTORY [--dim D] [--n N]")
+    return parser
+
+
+class CommandError(Exception):
+    """A failure while running a command: reported on stderr, exit status 1."""
+
+
+def _folder(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"--out: cannot create the folder {path!r} ({exc.strerror})") from None
+    return path
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=1)
+
+
+def _cmd_tour(args) -> None:
+    from refflow.tour import run_tour
+
+    run_tour(_folder(args.out), seed=args.seed, moons_steps=args.moons_steps,
+             vi_steps=args.vi_steps)
+
+
+def _cmd_train(args) -> None:
+    import autograd.numpy as np
+
+    from refflow import io, plot
+    from refflow.datasets import DATASETS, LOG_PROBS
+    from refflow.tour import build_flow
+    from refflow.train import fit
+    from refflow.tree import count_parameters
+
+    out = _folder(args.out)
+    rng = B.rng(args.seed)
+    sampler = DATASETS[args.data]
+    data, test = sampler(args.n, rng), sampler(2000, rng)
+    flow = build_flow(args.flow, 2, args.layers, rng, hidden=args.hidden)
+    start = time.perf_counter()
+    flow, hist = fit(flow, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                     rng=rng, validation=0.1, schedule="cosine", clip_norm=10.0,
+                     eval_every=max(1, min(100, args.steps // 10)))
+    seconds = time.perf_counter() - start
+    log_q = B.to_numpy(flow.log_prob(test))
+    metrics: dict[str, Any] = {
+        "data": args.data, "flow": args.flow, "layers": args.layers, "hidden": args.hidden,
+        "steps": args.steps, "parameters": count_parameters(flow),
+        "best_val_nll": hist["best_val_nll"], "best_step": hist["best_step"],
+        "test_nll": float(-np.mean(log_q)), "train_seconds": seconds, "seed": args.seed,
+    }
+    if args.data in LOG_PROBS:
+        # KL(p || q) = E_p[log p - log q] on the test draws, where p is known exactly
+        metrics["kl_true_to_model"] = float(np.mean(B.to_numpy(LOG_PROBS[args.data](test))
+                                                     - log_q))
+    io.save(os.path.join(out, "model.npz"), flow)
+    _write_json(os.path.join(out, "metrics.json"), metrics)
+    host = B.to_numpy(data)
+    lo, hi = host.min(axis=0) - 0.5, host.max(axis=0) + 0.5
+    box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+    plot.samples(data[:2000], title=f"data: {args.data}", bounds=box,
+                 path=os.path.join(out, "data.png"))
+    plot.latent(flow, data[:2000], path=os.path.join(out, "latent.png"))
+    plot.samples(flow.sample(2000, rng), title=f"samples: {args.flow}", bounds=box,
+                 color="tab:green", path=os.path.join(out, "samples.png"))
+    plot.density(flow, bounds=box, n=150, title="density", path=os.path.join(out, "density.png"))
+    plot.curves(hist, title=f"{args.flow} on {args.data}", path=os.path.join(out, "curves.png"))
+    print(f"test NLL {metrics['test_nll']:.4f} nats (best validation {hist['best_val_nll']:.4f}"
+          f" at step {hist['best_step']}); wrote model.npz, metrics.json, data.png, latent.png,"
+          f" samples.png, density.png, curves.png to {out}")
+
+
+def _cmd_sample(args) -> None:
+    import autograd.numpy as np
+
+    from refflow import io, plot
+
+    try:
+        flow = io.load(args.model)
+    except ValueError as exc:
+        raise CommandError(f"--model: {exc}") from None
+    if not hasattr(flow, "sample"):
+        raise CommandError(f"--model: {args.model!r} holds a {type(flow).__name__}, not a Flow")
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in (".npy", ".csv", ".png"):
+        raise CommandError(f"--out: expected a file ending in .npy, .csv or .png, got "
+                           f"{args.out!r}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise CommandError(f"--out: the folder {folder!r} does not exist")
+    x = B.to_numpy(flow.sample(args.n, B.rng(args.seed)))
+    if ext == ".npy":
+        np.save(args.out, x)
+    elif ext == ".csv":
+        np.savetxt(args.out, x.reshape(x.shape[0], -1), delimiter=",")
+    else:
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise CommandError(f"--out: a .png needs 2-D samples, got shape {x.shape}")
+        plot.samples(x, title=f"{args.n} samples", path=args.out)
+    print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} to {args.out}")
+
+
+def _cmd_vi(args) -> None:
+    from refflow import io, plot
+    from refflow.potentials import BOXES, NORMALISABLE, POTENTIALS, reference_log_z
+    from refflow.tour import build_flow
+    from refflow.train import elbo, fit_vi
+
+    out = _folder(args.out)
+    rng = B.rng(args.seed)
+    U = POTENTIALS[args.target]
+
+    def log_target(z):
+        return -U(z)
+
+    q = build_flow(args.flow, 2, args.layers, rng, hidden=args.hidden)
+    anneal = args.steps // 3 if args.anneal is None else args.anneal
+    start = time.perf_counter()
+    q, hist = fit_vi(q, log_target, steps=args.steps, rng=rng, batch_size=args.batch_size,
+                     lr=args.lr, anneal_steps=anneal, clip_norm=100.0,
+                     eval_every=max(1, min(100, args.steps // 10)))
+    seconds = time.perf_counter() - start
+    est, se = elbo(q, log_target, 20000, rng)
+    log_z = reference_log_z(args.target)
+    metrics = {"target": args.target, "flow": args.flow, "K": args.layers, "steps": args.steps,
+               "elbo": est, "elbo_se": se, "log_z": log_z, "kl": log_z - est,
+               "log_z_box": list(BOXES[args.target]),
+               "normalisable_on_R2": args.target in NORMALISABLE,
+               "train_seconds": seconds, "seed": args.seed}
+    io.save(os.path.join(out, "model.npz"), q)
+    _write_json(os.path.join(out, "metrics.json"), metrics)
+    box = (-4.0, 4.0, -4.0, 4.0)
+    fig, axes = plot.figure(1, 3)
+    plot.density(log_target, bounds=box, n=150, ax=axes[0, 0], title=f"exp(-{args.target})")
+    plot.density(q, bounds=box, n=150, ax=axes[0, 1], title=f"q: {args.flow}, K = {args.layers}")
+    plot.samples(q.sample(2000, rng), ax=axes[0, 2], title="samples of q", bounds=box,
+                 color="tab:green")
+    fig.savefig(os.path.join(out, "density.png"), dpi=110)
+    plot.curves(hist, title=f"ELBO, {args.flow} on {args.target}",
+                path=os.path.join(out, "curves.png"))
+    where = "R^2" if args.target in NORMALISABLE else "the box " + str(BOXES[args.target])
+    print(f"ELBO {est:.4f} +- {se:.4f}; log Z on {where} = {log_z:.4f}; KL(q || p) = "
+          f"{log_z - est:.4f} +- {se:.4f} nats; wrote model.npz, metrics.json, density.png, "
+          f"curves.png to {out}")
+
+
+def _cmd_verify(args) -> int:
+    from refflow.testing import verify_main
+
+    return int(verify_main(list(args.rest)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``refflow`` with ``argv`` (default: the command line); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["verify"]:
+        # everything after `verify` belongs to verify_main, --help included
+        return _cmd_verify(argparse.Namespace(rest=argv[1:]))
+    args = build_parser().parse_args(argv)
+    try:
+        {"tour": _cmd_tour, "train": _cmd_train, "sample": _cmd_sample,
+         "vi": _cmd_vi}[args.command](args)
+    except (CommandError, FloatingPointError) as exc:
+        print(f"refflow {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
