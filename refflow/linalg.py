@@ -27,6 +27,12 @@ Array = Any  # a NumPy or CuPy array, or an autograd box around one
 _LEIBNIZ_MAX_N = 8
 
 
+__all__ = [
+    "det_leibniz", "lu", "det", "slogdet", "solve_triangular", "solve",
+    "det_lowrank", "logabsdet_lowrank", "spectral_norm",
+]
+
+
 def _check_matrix(name: str, A: Array, square: bool = True) -> None:
     shape = getattr(A, "shape", None)
     if shape is None or len(shape) < 2:

@@ -5,19 +5,19 @@ compares what they return with independent numerical computations (finite-differ
 Jacobians with Richardson extrapolation, on host float64 NumPy). It returns a ``Report``
 with one row per check; the check names are a fixed vocabulary, ``CHECKS``:
 
-=========================== ==========================================================
-``shapes``                  output shape == input shape, log_det shape == (N,)
-``finite``                  outputs and log-dets are finite
-``round_trip``              inverse(forward(z)) == z and forward(inverse(x)) == x
-``log_det``                 forward log_det == log|det| of the finite-difference J_f
-``inverse_log_det``         inverse log_det at x = f(z) == -forward log_det at z
+============================ ==========================================================
+``shapes``                   output shape == input shape, log_det shape == (N,)
+``finite``                   outputs and log-dets are finite
+``round_trip``               inverse(forward(z)) == z and forward(inverse(x)) == x
+``log_det``                  forward log_det == log|det| of the finite-difference J_f
+``inverse_log_det``          inverse log_det at x = f(z) == -forward log_det at z
 ``inverse_function_theorem`` J_{f^-1}(f(z)) J_f(z) == I
-``batch_independence``      a row gives the same output alone as inside the batch
-``stateless``               reordered inputs, after other calls, give the same outputs
-``structure``               J_f is zero outside a declared pattern (optional)
-``normalization``           p(x) integrates to 1 by quadrature, D <= 2 (optional)
-``gradients``               autograd gradients == finite differences (check_gradients)
-=========================== ==========================================================
+``batch_independence``       a row gives the same output alone as inside the batch
+``stateless``                reordered inputs, after other calls, give the same outputs
+``structure``                J_f is zero outside a declared pattern (optional)
+``normalization``            p(x) integrates to 1 by quadrature, D <= 2 (optional)
+``gradients``                autograd gradients == finite differences (check_gradients)
+============================ ==========================================================
 
 Conventions, and how to wrap a library that differs
 ---------------------------------------------------
