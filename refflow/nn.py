@@ -113,9 +113,16 @@ class MLP:
         return cls(weights, biases, activation)
 
     def __call__(self, x):
+        # fast path: fused layers with hand-written VJPs, tested against the loop below
+        from refflow.fused import FUSED_ACTIVATIONS, dense
+
+        last = len(self.weights) - 1
+        if self.activation in FUSED_ACTIVATIONS:
+            for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+                x = dense(x, w, b, self.activation if i < last else "identity")
+            return x
         act = ACTIVATIONS[self.activation]
         h = x
-        last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             # a matmul with inner dimension 1 is slow in BLAS: broadcast instead
             h = h * w[0] + b if w.shape[0] == 1 else h @ w + b
@@ -147,9 +154,17 @@ class MaskedMLP:
                 raise ValueError(f"masks[{i}]: expected shape {w.shape}, got {m.shape}")
 
     def __call__(self, x):
+        # fast path: fused masked layers (mask applied once, gradient masked), tested against
+        # the loop below
+        from refflow.fused import FUSED_ACTIVATIONS, masked_dense
+
+        last = len(self.weights) - 1
+        if self.activation in FUSED_ACTIVATIONS:
+            for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
+                x = masked_dense(x, w, m, b, self.activation if i < last else "identity")
+            return x
         act = ACTIVATIONS[self.activation]
         h = x
-        last = len(self.weights) - 1
         for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
             h = h @ (w * m) + b
             if i < last:
@@ -222,7 +237,7 @@ class Conv2d:
         p = k // 2
         lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
         x4 = np.reshape(x, (-1, h, w, c_in))  # (N, H, W, C_in)
-        padded = np.pad(x4, ((0, 0), (p, p), (p, p), (0, 0)))  # (N, H + 2p, W + 2p, C_in)
+        padded = np.pad(x4, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant")  # (N, H+2p, W+2p, C)
         columns = np.concatenate(
             [padded[:, a : a + h, c : c + w, :] for a in range(k) for c in range(k)], axis=-1
         )  # (N, H, W, k*k*C_in), ordered like the rows of the reshaped weight
