@@ -9,9 +9,14 @@ each log-det computed exactly (slogdet of the autograd Jacobian, D = 2). Samplin
 blocks backwards by Banach fixed-point iteration (``refflow.solvers``). In refflow's
 convention (forward = generative) the flow is ``Flow(N(0, I), Inverse(Compose(blocks)))``.
 
-Reports the test NLL (exact log-det), the same NLL with the 10-term power series, and the
-reconstruction errors of the fixed-point inverse on test data and on fresh samples.
-Run: ``python examples/iresnet_2d.py [--steps 600]`` (about a minute on one core).
+Reports the test NLL (exact log-det), the same NLL with the 10-term power series, the NLL of
+the best single Gaussian for reference, and the reconstruction errors of the fixed-point
+inverse on test data and on fresh samples. Measured (seed 0, 600 steps, 4 blocks of one
+hidden layer of 16 tanh units): test NLL 1.608 nats (10-term series: 1.610) against 1.895
+for the best Gaussian; inverse errors ~3e-12. Four contractive blocks fit two moons only
+coarsely: each block is bi-Lipschitz with constants 1 - L and 1 + L, so pulling the moons
+apart takes many of them (Behrmann et al. used 100 blocks for their 2-D toys).
+Run: ``python examples/iresnet_2d.py [--steps 600]`` (about 0.1 s of CPU per step, ~60 s).
 """
 
 from __future__ import annotations
@@ -29,9 +34,14 @@ from refflow.residual import ContractiveResidual
 from refflow.train import fit, nll
 
 
-def make_iresnet(rng, blocks: int = 4, hidden=(64,), coeff: float = 0.97) -> Flow:
-    """``blocks`` contractive residual blocks, data -> latent, inverted for refflow's Flow."""
-    parts = [ContractiveResidual.init(rng, 2, hidden=hidden, coeff=coeff, activation="lipswish")
+def make_iresnet(rng, blocks: int = 4, hidden=(16,), coeff: float = 0.97) -> Flow:
+    """``blocks`` contractive residual blocks, data -> latent, inverted for refflow's Flow.
+
+    Narrow layers on purpose: with ||W_1|| <= c, the pre-activations of a wide layer share a
+    norm of at most c |x|, so each unit stays in the nearly linear part of tanh and the
+    block is nearly affine (measured: hidden 64 ends at the best Gaussian's NLL, 1.895).
+    """
+    parts = [ContractiveResidual.init(rng, 2, hidden=hidden, coeff=coeff, activation="tanh")
              for _ in range(blocks)]
     return Flow(StandardNormal(2), Inverse(Compose(*parts)))
 
@@ -46,7 +56,7 @@ def main() -> None:
     test = moons(2000, B.rng(args.seed + 1))
     flow = make_iresnet(B.rng(args.seed + 2))
     start = time.perf_counter()
-    flow, history = fit(flow, train, steps=args.steps, batch_size=256, lr=3e-3,
+    flow, history = fit(flow, train, steps=args.steps, batch_size=256, lr=1e-2,
                         rng=B.rng(args.seed + 3), schedule="cosine", progress=False)
     seconds = time.perf_counter() - start
     blocks = flow.bijection.bijection.bijections
@@ -54,6 +64,10 @@ def main() -> None:
           f"Lip(F) <= {blocks[0].lipschitz:.2f}; {args.steps} Adam steps in {seconds:.0f} s")
     print(f"  train NLL, first/last batch  {history['loss'][0]:.3f} / {history['loss'][-1]:.3f}")
     print(f"  test NLL (exact log-det)      {float(B.to_numpy(nll(flow, test))):.4f} nats")
+    centred = B.to_numpy(test) - B.to_numpy(test).mean(axis=0)
+    cov = centred.T @ centred / centred.shape[0]
+    gauss = 0.5 * numpy.linalg.slogdet(2 * numpy.pi * numpy.e * cov)[1]
+    print(f"  best Gaussian, for reference  {gauss:.4f} nats")
     series = [ContractiveResidual(b.weights, b.biases, b.coeff, b.activation, "series", 10)
               for b in blocks]
     flow_series = Flow(flow.base, Inverse(Compose(*series)))
