@@ -1,0 +1,1 @@
+"""Benchmarks: refflow against zuko and nflows (run.py), the lecture's scaling laws."""

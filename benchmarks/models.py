@@ -1,0 +1,187 @@
+"""The benchmarked flows, built the same way in refflow, zuko and nflows.
+
+Three architectures, identical layer sizes (and therefore parameter counts, which the
+benchmark prints and checks) in every library; the hidden activation is ReLU, the default
+of both peers:
+
+- ``maf``: 5 masked autoregressive layers, MADE D -> 64 -> 64 -> 2D, affine transformer,
+  orders alternating natural / reversed.
+- ``realnvp``: 8 affine couplings, MLP d -> 64 -> 64 -> 2(D - d), halves alternating.
+- ``nsf``: 3 masked autoregressive layers with a rational-quadratic spline of 8 bins on
+  [-5, 5] (identity tails), MADE D -> 64 -> 64 -> 23D.
+
+Each builder returns an ``Impl``: three callables ``log_prob(x)``, ``loss_grad(x)`` (the
+gradient of the mean negative log-likelihood with respect to all parameters: a training
+step without the optimiser) and ``sample(n)``, plus the parameter count. Inputs are host
+NumPy arrays; each implementation moves them to its own array type once, before timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MODELS = ("maf", "realnvp", "nsf")
+LAYERS = {"maf": 5, "realnvp": 8, "nsf": 3}
+HIDDEN = (64, 64)
+BINS, BOUND = 8, 5.0
+
+
+@dataclass
+class Impl:
+    """One library's version of one benchmarked flow."""
+
+    library: str
+    n_params: int
+    prepare: Callable[[Any], Any]   # host array -> the library's array (done before timing)
+    log_prob: Callable[[Any], Any]
+    loss_grad: Callable[[Any], Any]
+    sample: Callable[[int], Any]
+    sync: Callable[[], None]        # waits for the device (a no-op on the CPU)
+
+
+# ------------------------------------------------------------------------------ refflow
+
+
+def refflow_impl(model: str, dim: int, dtype: str, seed: int = 0) -> Impl:
+    import autograd
+
+    from refflow import backend as B
+    from refflow.affine import Reverse
+    from refflow.autoregressive import MAF
+    from refflow.core import Compose, Flow
+    from refflow.coupling import AffineCoupling
+    from refflow.distributions import StandardNormal
+    from refflow.elementwise import RationalQuadraticSpline
+    from refflow.train import nll
+    from refflow.tree import count_parameters, map_arrays, partition
+
+    rng = B.rng(seed)
+    orders = ("natural", "reversed")
+    if model == "maf":
+        layers = [MAF.init(rng, dim, HIDDEN, order=orders[i % 2], activation="relu")
+                  for i in range(LAYERS[model])]
+    elif model == "realnvp":
+        layers = []
+        for i in range(LAYERS[model]):
+            if i:
+                layers.append(Reverse())
+            layers.append(AffineCoupling.init(rng, dim, hidden=HIDDEN, activation="relu"))
+    elif model == "nsf":
+        layers = [MAF.init(rng, dim, HIDDEN, transformer=RationalQuadraticSpline,
+                           order=orders[i % 2], activation="relu", bins=BINS, bound=BOUND)
+                  for i in range(LAYERS[model])]
+    else:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    # float casts of every float array (masks included: they multiply float32 weights)
+    flow = map_arrays(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a,
+                      Flow(StandardNormal(dim, dtype=dtype), Compose(*layers)))
+    leaves, rebuild = partition(flow)
+    grad = autograd.grad(lambda params, x: nll(rebuild(params), x))
+    sample_rng = B.rng(seed + 1)
+    return Impl(
+        library="refflow",
+        n_params=count_parameters(flow),
+        prepare=lambda x: B.asarray(x),
+        log_prob=flow.log_prob,
+        loss_grad=lambda x: grad(leaves, x),
+        sample=lambda n: flow.sample(n, sample_rng),
+        sync=_cupy_sync if B.get_backend() == "cupy" else _no_sync,
+    )
+
+
+def _no_sync() -> None:
+    return None
+
+
+def _cupy_sync() -> None:
+    import cupy
+
+    cupy.cuda.Device().synchronize()
+
+
+# ------------------------------------------------------------------------------ torch peers
+
+
+def _torch_impl(library: str, module: Any, log_prob: Callable, sample: Callable,
+                dtype: str, device: str) -> Impl:
+    import torch
+
+    module = module.to(device=device, dtype=getattr(torch, dtype))
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def loss_grad(x):
+        for p in params:
+            p.grad = None
+        loss = -log_prob(x).sum() / x.shape[0]
+        loss.backward()
+        return [p.grad for p in params]
+
+    def no_grad(fn):
+        def run(arg):
+            with torch.no_grad():
+                return fn(arg)
+        return run
+
+    return Impl(
+        library=library,
+        n_params=sum(p.numel() for p in params),
+        prepare=lambda x: torch.as_tensor(x, device=device),
+        log_prob=no_grad(log_prob),
+        loss_grad=loss_grad,
+        sample=no_grad(sample),
+        sync=torch.cuda.synchronize if device.startswith("cuda") else _no_sync,
+    )
+
+
+def zuko_impl(model: str, dim: int, dtype: str, device: str = "cpu", seed: int = 0) -> Impl:
+    import torch
+    import zuko
+
+    torch.manual_seed(seed)
+    n = LAYERS[model]
+    if model == "maf":
+        flow = zuko.flows.MAF(dim, transforms=n, hidden_features=HIDDEN)
+    elif model == "realnvp":
+        flow = zuko.flows.RealNVP(dim, transforms=n, hidden_features=HIDDEN)
+    else:
+        flow = zuko.flows.NSF(dim, transforms=n, hidden_features=HIDDEN, bins=BINS)
+    return _torch_impl("zuko", flow, lambda x: flow().log_prob(x),
+                       lambda k: flow().sample((k,)), dtype, device)
+
+
+def nflows_impl(model: str, dim: int, dtype: str, device: str = "cpu", seed: int = 0) -> Impl:
+    import torch
+    from nflows import distributions, flows, transforms
+    from nflows.nn import nets
+    from nflows.utils import torchutils
+
+    class _ContextFreeMLP(nets.MLP):
+        # nflows' couplings call net(x, context); its plain MLP takes x only
+        def forward(self, inputs, context=None):
+            return super().forward(inputs)
+
+    torch.manual_seed(seed)
+    n = LAYERS[model]
+    # MADE D -> 64 -> 64 -> P D: one initial layer and one plain (non-residual) block
+    made = dict(hidden_features=HIDDEN[0], num_blocks=len(HIDDEN) - 1,
+                use_residual_blocks=False)
+    layers = []
+    for i in range(n):
+        if i:
+            layers.append(transforms.ReversePermutation(dim))
+        if model == "maf":
+            layers.append(transforms.MaskedAffineAutoregressiveTransform(dim, **made))
+        elif model == "realnvp":
+            mask = torchutils.create_alternating_binary_mask(dim, even=i % 2 == 0)
+            layers.append(transforms.AffineCouplingTransform(
+                mask, lambda c_in, c_out: _ContextFreeMLP([c_in], [c_out], list(HIDDEN))))
+        else:
+            layers.append(transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                dim, num_bins=BINS, tails="linear", tail_bound=BOUND, **made))
+    flow = flows.Flow(transforms.CompositeTransform(layers), distributions.StandardNormal([dim]))
+    return _torch_impl("nflows", flow, flow.log_prob, flow.sample, dtype, device)
+
+
+BUILDERS = {"refflow": refflow_impl, "zuko": zuko_impl, "nflows": nflows_impl}

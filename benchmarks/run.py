@@ -1,0 +1,306 @@
+r"""refflow against zuko and nflows, in the same process and the same run.
+
+For every model of ``benchmarks/models.py`` (MAF, RealNVP, a rational-quadratic spline
+flow), D in {2, 16, 64}, batch 256 and 8192, float32 and float64, it times ``log_prob``,
+``log_prob`` + gradient (a training step without the optimiser) and ``sample``. The three
+libraries are timed interleaved (one call each, in rotating order, ``--repeats`` times,
+after one warm-up call each), so that load changes hit all of them alike; the table gives
+medians and the ratio refflow / best peer, and geometric means of the ratios per operation
+and batch. torch is pinned to as many threads as NumPy's BLAS uses (threadpoolctl).
+
+Usage::
+
+    python -m benchmarks                       # full grid, writes benchmarks/RESULTS.md
+    python -m benchmarks --quick               # a small grid, to check the harness
+    python -m benchmarks --malloc both         # each glibc setting in a fresh process
+    python -m benchmarks --backend cupy --batches 65536 --torch-device cuda   # on a GPU
+
+Peers missing: ``pip install 'refflow[bench]'`` or ``pip install torch zuko nflows``
+(the CPU wheel of torch is enough). Not part of the unit tests. Timings on a shared machine
+are noisy (docs/performance.md): compare ratios from one run, not times across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks.models import BUILDERS, MODELS
+
+OPS = ("log_prob", "grad", "sample")
+OP_NAMES = {"log_prob": "log_prob", "grad": "log_prob + grad", "sample": "sample"}
+GOALS = {("log_prob", None): 1.0, ("sample", None): 1.0, ("grad", 256): 1.0, ("grad", 8192): 1.5}
+MALLOC_TUNED = ("glibc.malloc.trim_threshold=17179869184:"
+                "glibc.malloc.mmap_threshold=33554432")
+HERE = Path(__file__).resolve().parent
+PEER_HELP = ("peers missing: install them with `pip install 'refflow[bench]'` "
+             "(or `pip install torch zuko nflows`; the CPU wheel of torch is enough)")
+
+
+def blas_threads() -> int:
+    """Threads of NumPy's BLAS (threadpoolctl), else the CPU count."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return os.cpu_count() or 1
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts) if counts else (os.cpu_count() or 1)
+
+
+def _limit_blas(threads: int) -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise SystemExit("--threads needs threadpoolctl (pip install threadpoolctl)") from None
+    threadpool_limits(limits=threads, user_api="blas")
+
+
+def available_libraries(requested: list[str]) -> list[str]:
+    found = ["refflow"]
+    for lib in requested:
+        if lib == "refflow":
+            continue
+        try:
+            __import__(lib)
+            __import__("torch")
+        except ImportError:
+            print(f"{lib}: not installed; {PEER_HELP}", file=sys.stderr)
+            continue
+        found.append(lib)
+    return found
+
+
+def _timed(fn, arg, sync) -> float:
+    start = time.perf_counter()
+    fn(arg)
+    sync()
+    return time.perf_counter() - start
+
+
+def measure(impls: dict, op: str, x_host, batch: int, repeats: int, budget_s: float) -> dict:
+    """Median seconds per library for one operation; calls interleaved in rotating order.
+
+    A configuration whose first round takes long gets fewer rounds (at least 3), so that
+    the whole grid fits in ``budget_s`` seconds per cell.
+    """
+    calls = {}
+    for lib, impl in impls.items():
+        arg = batch if op == "sample" else impl.prepare(x_host)
+        fn = {"log_prob": impl.log_prob, "grad": impl.loss_grad, "sample": impl.sample}[op]
+        calls[lib] = (fn, arg, impl.sync)
+    times = {lib: [] for lib in impls}
+    libs = list(impls)
+    for lib in libs:  # warm-up: allocations, lazy initialisation
+        fn, arg, sync = calls[lib]
+        _timed(fn, arg, sync)
+    rounds = repeats
+    for r in range(repeats):
+        order = libs[r % len(libs):] + libs[: r % len(libs)]
+        for lib in order:
+            times[lib].append(_timed(*calls[lib]))
+        if r == 0:
+            per_round = sum(t[0] for t in times.values())
+            rounds = max(3, min(repeats, int(budget_s / max(per_round, 1e-9))))
+        if r + 1 >= rounds:
+            break
+    return {lib: statistics.median(t) for lib, t in times.items()}
+
+
+def run_grid(args) -> dict:
+    """All rows of the benchmark as a JSON-able dict (meta + rows)."""
+    import numpy
+
+    if args.threads:
+        _limit_blas(args.threads)
+    threads = args.threads or blas_threads()
+    libs = available_libraries(args.libraries)
+    if len(libs) > 1:
+        import torch
+
+        torch.set_num_threads(threads)
+    if args.backend == "cupy":
+        from refflow import backend as B
+
+        B.set_backend("cupy")
+    rows = []
+    host = numpy.random.default_rng(0)
+    for model in args.models:
+        for dim in args.dims:
+            for dtype in args.dtypes:
+                impls = {lib: _build(lib, model, dim, dtype, args) for lib in libs}
+                counts = {lib: impl.n_params for lib, impl in impls.items()}
+                for batch in args.batches:
+                    # data from a standard normal: inside every flow's domain
+                    x = host.standard_normal((batch, dim)).astype(dtype)
+                    for op in args.ops:
+                        med = measure(impls, op, x, batch, args.repeats, args.budget)
+                        rows.append(dict(model=model, dim=dim, dtype=dtype, batch=batch,
+                                         op=op, seconds=med, params=counts))
+                        print(_row_text(rows[-1]), flush=True)
+    return dict(meta=_meta(threads, libs, args), rows=rows)
+
+
+def _build(lib: str, model: str, dim: int, dtype: str, args):
+    if lib == "refflow":
+        return BUILDERS[lib](model, dim, dtype)
+    return BUILDERS[lib](model, dim, dtype, device=args.torch_device)
+
+
+def ratio(row: dict) -> float:
+    peers = [t for lib, t in row["seconds"].items() if lib != "refflow"]
+    return row["seconds"]["refflow"] / min(peers) if peers else float("nan")
+
+
+def goal(row: dict) -> float:
+    return GOALS.get((row["op"], row["batch"]), GOALS.get((row["op"], None), math.inf))
+
+
+def _row_text(row: dict) -> str:
+    times = "  ".join(f"{lib} {1e3 * t:9.2f} ms" for lib, t in row["seconds"].items())
+    return (f"{row['model']:8s} D={row['dim']:<3d} {row['dtype']:8s} N={row['batch']:<6d} "
+            f"{row['op']:8s} {times}  ratio {ratio(row):.2f}")
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _meta(threads: int, libs: list, args) -> dict:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return dict(
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        machine=f"{_cpu_model()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
+        load=" ".join(f"{v:.1f}" for v in load),
+        threads=threads, libraries=libs, backend=args.backend, torch_device=args.torch_device,
+        glibc_tunables=os.environ.get("GLIBC_TUNABLES", "(unset)"),
+        versions={n: _version(n) for n in
+                  ("numpy", "autograd", "torch", "zuko", "nflows", "cupy-cuda12x", "cupy")},
+        python=platform.python_version(),
+    )
+
+
+def _geomean(values: list) -> float:
+    values = [v for v in values if v == v and v > 0]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def markdown(result: dict, title: str) -> str:
+    """The table of medians and ratios, geometric means, and which goals are met."""
+    meta, rows = result["meta"], result["rows"]
+    libs = meta["libraries"]
+    out = [f"## {title}", ""]
+    out += [f"- date: {meta['date']}; load average at the end: {meta['load']}",
+            f"- machine: {meta['machine']}",
+            f"- backend: {meta['backend']}; torch device: {meta['torch_device']}; threads "
+            f"(BLAS and torch): {meta['threads']}; GLIBC_TUNABLES: {meta['glibc_tunables']}",
+            "- versions: python " + meta["python"] + ", " + ", ".join(
+                f"{k} {v}" for k, v in meta["versions"].items() if v != "-"), ""]
+    head = ["model", "D", "dtype", "batch", "operation", *[f"{lib} ms" for lib in libs],
+            "refflow / best peer", "goal"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        r, g = ratio(row), goal(row)
+        cells = [row["model"], str(row["dim"]), row["dtype"], str(row["batch"]),
+                 OP_NAMES[row["op"]], *[f"{1e3 * row['seconds'][lib]:.2f}" for lib in libs],
+                 f"{r:.2f}", ("met" if r <= g else f"not met (<= {g})")]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Geometric mean of refflow / best peer:", "",
+            "| operation | " + " | ".join(f"batch {b}" for b in _batches(rows)) + " | all |",
+            "|---|" + "---|" * (len(_batches(rows)) + 1)]
+    for op in OPS:
+        sel = [row for row in rows if row["op"] == op]
+        if sel:
+            cells = [_geomean([ratio(r) for r in sel if r["batch"] == b]) for b in _batches(rows)]
+            cells.append(_geomean([ratio(r) for r in sel]))
+            out.append(f"| {OP_NAMES[op]} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    met = sum(ratio(r) <= goal(r) for r in rows)
+    out += ["", f"Goals met in {met} of {len(rows)} configurations.", ""]
+    return "\n".join(out)
+
+
+def _batches(rows: list) -> list:
+    return sorted({row["batch"] for row in rows})
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--dims", nargs="+", type=int, default=[2, 16, 64])
+    p.add_argument("--batches", nargs="+", type=int, default=[256, 8192])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    p.add_argument("--libraries", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
+    p.add_argument("--repeats", type=int, default=9, help="rounds per cell (at least 3)")
+    p.add_argument("--budget", type=float, default=6.0, help="seconds of rounds per cell")
+    p.add_argument("--threads", type=int, default=0,
+                   help="BLAS and torch threads (0: torch as NumPy's BLAS)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--torch-device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quick", action="store_true", help="D 2 and 16, batch 256, 3 rounds")
+    p.add_argument("--malloc", default="current", choices=["current", "both"],
+                   help="'both': default and tuned glibc thresholds, each in a fresh process")
+    p.add_argument("--json", help="write the raw rows here instead of RESULTS.md")
+    p.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    return p
+
+
+def main(argv: list | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.dims, args.batches, args.repeats = [2, 16], [256], 3
+    if args.malloc == "both":
+        sections = []
+        forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
+                     if a not in ("--malloc", "both")]
+        for label, tunables in (("glibc defaults", None), ("glibc tuned", MALLOC_TUNED)):
+            env = dict(os.environ)
+            env.pop("GLIBC_TUNABLES", None)
+            if tunables:
+                env["GLIBC_TUNABLES"] = tunables
+            path = Path(args.output).with_suffix(f".{label.split()[1]}.json")
+            subprocess.run([sys.executable, "-m", "benchmarks", *forwarded, "--json", str(path)],
+                           env=env, check=True)
+            sections.append(markdown(json.loads(path.read_text()), label))
+            path.unlink()
+        _write(args.output, sections)
+        return
+    result = run_grid(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    else:
+        _write(args.output, [markdown(result, "results")])
+
+
+def _write(path: str, sections: list) -> None:
+    intro = ("# refflow vs zuko and nflows\n\nWritten by `python -m benchmarks` "
+             "(benchmarks/run.py); medians of interleaved calls, ratio > 1 = refflow slower. "
+             "Architectures and parameter counts are identical (benchmarks/models.py).\n\n")
+    Path(path).write_text(intro + "\n".join(sections))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
