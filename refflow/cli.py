@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (default 32)")
     p.add_argument("--steps", type=_positive_int, default=3000, help="steps (default 3000)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="samples per step")
-    p.add_argument("--lr", type=_positive_float, default=5e-3, help="learning rate")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate")
     p.add_argument("--anneal", type=_nonnegative_int, default=None,
-                   help="annealing steps (default: a third of --steps)")
+                   help="annealing steps (default: half of --steps)")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
 
@@ -248,7 +248,7 @@ def _cmd_vi(args) -> None:
         return -U(z)
 
     q = build_flow(args.flow, 2, args.layers, rng, hidden=args.hidden)
-    anneal = args.steps // 3 if args.anneal is None else args.anneal
+    anneal = args.steps // 2 if args.anneal is None else args.anneal
     start = time.perf_counter()
     q, hist = fit_vi(q, log_target, steps=args.steps, rng=rng, batch_size=args.batch_size,
                      lr=args.lr, anneal_steps=anneal, clip_norm=100.0,

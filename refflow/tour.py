@@ -246,8 +246,8 @@ def run_tour(out: str = "tour", seed: int = 0, moons_steps: int = 800,
 
     echo("\n3. Variational inference (the ELBO): planar flows, K = 16, on U1")
     q = build_flow("planar", 2, 16, rng)
-    q, vi_hist = fit_vi(q, lambda z: -U1(z), steps=vi_steps, rng=rng, batch_size=128, lr=1e-2,
-                        anneal_steps=vi_steps // 3, eval_every=100, progress=False)
+    q, vi_hist = fit_vi(q, lambda z: -U1(z), steps=vi_steps, rng=rng, batch_size=128, lr=2e-2,
+                        anneal_steps=2 * vi_steps // 3, eval_every=100, progress=False)
     est, se = elbo(q, lambda z: -U1(z), 20000, rng)
     log_z = reference_log_z("U1")
     echo(f"   {vi_steps} steps: ELBO {est:.3f} +- {se:.3f}; log Z = {log_z:.4f} (quadrature); "
