@@ -1,0 +1,191 @@
+"""refflow.fused: each primitive against autograd's gradient of the plain version it replaces,
+against central finite differences, in float32 (no float64 creep) and float64, and on the
+strict stand-in array (every output and gradient stays a device array)."""
+
+from __future__ import annotations
+
+import autograd
+import autograd.numpy as anp
+import numpy
+import pytest
+
+from refflow import backend as B
+from refflow.fused import FUSED_ACTIVATIONS, affine_update, dense, masked_dense
+from refflow.nn import MLP, MaskedMLP
+from tests.strict import StrictArray
+
+
+def _act(name):
+    return {"tanh": anp.tanh, "relu": lambda a: anp.maximum(a, 0.0),
+            "identity": lambda a: a}[name]
+
+
+# the readable definitions
+def plain_dense(x, w, b, activation):
+    return _act(activation)(x @ w + b)
+
+
+def plain_masked_dense(x, w, m, b, activation):
+    return _act(activation)(x @ (w * m) + b)
+
+
+def plain_affine_update(z, s, t):
+    return z * anp.exp(s) + t
+
+
+def _cases(rng, dtype):
+    """(name, fused, plain, args, argnums) with inputs of the given dtype."""
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    mask = (rng.random((3, 5)) > 0.4).astype(dtype)
+    out = []
+    for act in FUSED_ACTIVATIONS:
+        for d_in, lead in ((3, (4,)), (1, (4,)), (3, (2, 4))):
+            out.append((f"dense-{act}-{d_in}-{len(lead)}",
+                        lambda x, w, b, a=act: dense(x, w, b, a),
+                        lambda x, w, b, a=act: plain_dense(x, w, b, a),
+                        (r(*lead, d_in), r(d_in, 5), r(5)), (0, 1, 2)))
+        out.append((f"masked-{act}",
+                    lambda x, w, b, a=act: masked_dense(x, w, mask, b, activation=a),
+                    lambda x, w, b, a=act: plain_masked_dense(x, w, mask, b, a),
+                    (r(4, 3), r(3, 5), r(5)), (0, 1, 2)))
+    out.append(("affine-full", affine_update, plain_affine_update,
+                (r(4, 3), r(4, 3), r(4, 3)), (0, 1, 2)))
+    out.append(("affine-broadcast", affine_update, plain_affine_update,
+                (r(4, 3), r(3), r(1, 3)), (0, 1, 2)))
+    return out
+
+
+CASE_NAMES = [c[0] for c in _cases(numpy.random.default_rng(0), "float64")]
+
+
+def _case(name, dtype, seed=0):
+    return next(c for c in _cases(numpy.random.default_rng(seed), dtype) if c[0] == name)
+
+
+def _loss(f, weights):
+    return lambda *args: anp.sum(weights * f(*args))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_matches_autograd_of_plain_version_float64(name):
+    _, fused, plain, args, argnums = _case(name, "float64")
+    weights = numpy.random.default_rng(1).standard_normal(numpy.shape(plain(*args)))
+    numpy.testing.assert_allclose(fused(*args), plain(*args), rtol=1e-13, atol=1e-13)
+    for i in argnums:
+        g_fused = autograd.grad(_loss(fused, weights), i)(*args)
+        g_plain = autograd.grad(_loss(plain, weights), i)(*args)
+        assert g_fused.shape == numpy.shape(args[i])
+        numpy.testing.assert_allclose(g_fused, g_plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_matches_finite_differences(name):
+    _, fused, _, args, argnums = _case(name, "float64")
+    if "relu" in name:  # keep pre-activations away from the kink at 0
+        args = (args[0], args[1], args[2] + 0.05 * numpy.sign(args[2]))
+    weights = numpy.random.default_rng(2).standard_normal(numpy.shape(fused(*args)))
+    loss = _loss(fused, weights)
+    eps = 1e-6
+    for i in argnums:
+        grad = autograd.grad(loss, i)(*args)
+        direction = numpy.random.default_rng(3 + i).standard_normal(numpy.shape(args[i]))
+        plus, minus = list(args), list(args)
+        plus[i], minus[i] = args[i] + eps * direction, args[i] - eps * direction
+        fd = (loss(*plus) - loss(*minus)) / (2 * eps)
+        assert abs(numpy.sum(grad * direction) - fd) <= 1e-6 * (1 + abs(fd))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_float32_stays_float32_and_agrees(name):
+    _, fused, plain, args, argnums = _case(name, "float32")
+    weights = numpy.random.default_rng(1).standard_normal(numpy.shape(plain(*args)))
+    weights = weights.astype("float32")
+    assert fused(*args).dtype == numpy.float32
+    args64 = tuple(a.astype("float64") for a in args)
+    for i in argnums:
+        g32 = autograd.grad(_loss(fused, weights), i)(*args)
+        assert g32.dtype == numpy.float32, f"gradient {i} became {g32.dtype}"
+        g64 = autograd.grad(_loss(plain, weights.astype("float64")), i)(*args64)
+        numpy.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_strict_stand_in(name):
+    _, fused, _, args, argnums = _case(name, "float64")
+    if "masked" in name:
+        pytest.skip("the mask is bound inside the case; see test_masked_mlp_on_strict_arrays")
+    weights = numpy.random.default_rng(1).standard_normal(numpy.shape(fused(*args)))
+    strict_args = tuple(StrictArray(a) for a in args)
+    out = fused(*strict_args)
+    assert isinstance(out, StrictArray)
+    for i in argnums:
+        g = autograd.grad(_loss(fused, StrictArray(weights)), i)(*strict_args)
+        assert isinstance(g, StrictArray), f"gradient {i} left the device array type"
+        numpy.testing.assert_allclose(B.to_numpy(g),
+                                      autograd.grad(_loss(fused, weights), i)(*args),
+                                      rtol=1e-13, atol=1e-13)
+
+
+def _plain_mlp(net, x, masks=None):
+    h = x
+    masks = masks or [None] * len(net.weights)
+    for i, (w, b, m) in enumerate(zip(net.weights, net.biases, masks)):
+        h = h @ (w if m is None else w * m) + b
+        if i < len(net.weights) - 1:
+            h = _act(net.activation)(h)
+    return h
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("sizes", [[1, 8, 3], [4, 8, 8, 6]])
+def test_mlp_fast_path_equals_plain_layers(activation, sizes):
+    net = MLP.init(B.rng(0), sizes, activation=activation)
+    x = B.rng(1).standard_normal((5, sizes[0]))
+    numpy.testing.assert_allclose(net(x), _plain_mlp(net, x), rtol=1e-12, atol=1e-12)
+    loss = lambda ws: anp.sum(MLP(ws, net.biases, activation)(x) ** 2)  # noqa: E731
+    plain = lambda ws: anp.sum(_plain_mlp(MLP(ws, net.biases, activation), x) ** 2)  # noqa: E731
+    for a, b in zip(autograd.grad(loss)(net.weights), autograd.grad(plain)(net.weights)):
+        numpy.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _masked_net(dtype="float64"):
+    rng = numpy.random.default_rng(0)
+    shapes = [(3, 6), (6, 6), (6, 4)]
+    weights = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
+    biases = tuple(rng.standard_normal(s[1]).astype(dtype) for s in shapes)
+    masks = tuple((rng.random(s) > 0.5).astype(dtype) for s in shapes)
+    return MaskedMLP(weights, biases, masks, "tanh")
+
+
+def test_masked_mlp_gradient_is_masked_and_equals_plain():
+    net = _masked_net()
+    x = numpy.random.default_rng(1).standard_normal((5, 3))
+    numpy.testing.assert_allclose(net(x), _plain_mlp(net, x, net.masks), rtol=1e-12)
+
+    def loss(ws, fast):
+        new = MaskedMLP(ws, net.biases, net.masks, "tanh")
+        return anp.sum((new(x) if fast else _plain_mlp(new, x, net.masks)) ** 2)
+
+    for g, g_plain, m in zip(autograd.grad(loss)(net.weights, True),
+                             autograd.grad(loss)(net.weights, False), net.masks):
+        numpy.testing.assert_allclose(g, g_plain, rtol=1e-12, atol=1e-12)
+        assert not numpy.any(g[m == 0]), "a cut connection received a gradient"
+
+
+def test_masked_mlp_on_strict_arrays_and_float32():
+    for dtype in ("float64", "float32"):
+        net = _masked_net(dtype)
+        x = numpy.random.default_rng(1).standard_normal((5, 3)).astype(dtype)
+        wrap = lambda t: tuple(StrictArray(a) for a in t)  # noqa: E731
+        strict_net = MaskedMLP(wrap(net.weights), wrap(net.biases), wrap(net.masks), "tanh")
+
+        def loss(ws, model, inputs):
+            return anp.sum(MaskedMLP(ws, model.biases, model.masks, "tanh")(inputs) ** 2)
+
+        grads = autograd.grad(loss)(strict_net.weights, strict_net, StrictArray(x))
+        reference = autograd.grad(loss)(net.weights, net, x)
+        for g, ref in zip(grads, reference):
+            assert isinstance(g, StrictArray) and g.dtype == numpy.dtype(dtype)
+            numpy.testing.assert_allclose(B.to_numpy(g), ref, rtol=1e-5)
