@@ -47,6 +47,7 @@ from autograd.tracer import getval
 
 from refflow.backend import to_numpy
 from refflow.checks import check_array, check_int, check_positive
+from refflow.fused import bin_index, take_bin
 from refflow.solvers import invert_increasing
 
 __all__ = [
@@ -603,23 +604,6 @@ class Integral(_Elementwise):
 # ------------------------------------------------------------------------------ spline
 
 
-def _bin_onehot(v, knots):
-    """One-hot (..., D, K) of the bin [knots_k, knots_{k+1}) holding v (..., D) in [k_0, k_K].
-
-    A comparison-sum bin search: v has passed interior knot k iff v >= knots_k; the indicator
-    "passed the left edge of bin k" is 1...1 0...0 and its differences are the one-hot. v on
-    the right end goes to the last bin. Comparisons carry no gradient, and none is needed.
-    """
-    raw = getval(v)
-    passed = (raw[..., None] >= getval(knots)[..., 1:-1]).astype(raw.dtype)   # (..., D, K-1)
-    one = np.ones_like(passed[..., :1])
-    return np.concatenate([one, passed], axis=-1) - np.concatenate([passed, 0.0 * one], -1)
-
-
-def _pick(params, onehot):
-    return np.sum(params * onehot, axis=-1)
-
-
 @dataclass(frozen=True, eq=False)
 class RationalQuadraticSpline(_Elementwise):
     r"""Monotone rational-quadratic spline with K bins on [-B, B] and identity tails.
@@ -758,11 +742,12 @@ class RationalQuadraticSpline(_Elementwise):
         """(x_k, y_k, w, h_k, delta_k, delta_{k+1}) of the bin holding v, per element; the bin
         is searched among the x-knots (forward) or the y-knots (inverse)."""
         xs, ys, delta = self.knots()                                          # (..., D, K + 1)
-        onehot = _bin_onehot(v, ys if inverse else xs)
-        x_k, y_k = _pick(xs[..., :-1], onehot), _pick(ys[..., :-1], onehot)
-        w = _pick(xs[..., 1:], onehot) - x_k
-        h = _pick(ys[..., 1:], onehot) - y_k
-        return x_k, y_k, w, h, _pick(delta[..., :-1], onehot), _pick(delta[..., 1:], onehot)
+        # a gather per table (refflow.fused: O(1) per element, one-hot VJP, no scatter)
+        k = bin_index(v, ys if inverse else xs)                               # (..., D)
+        x_k, y_k = take_bin(xs, k), take_bin(ys, k)
+        w = take_bin(xs, k + 1) - x_k
+        h = take_bin(ys, k + 1) - y_k
+        return x_k, y_k, w, h, take_bin(delta, k), take_bin(delta, k + 1)
 
     def _inside(self, v):
         # open interval: at +-B itself the identity tail gives h = +-B and h' = 1 exactly, the

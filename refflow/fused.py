@@ -12,7 +12,10 @@ plain version stays the definition, the primitive is the fast path. What fusing 
 3. ``np.maximum(a, 0)``'s generic VJP (two comparisons, a balance term) becomes one
    multiplication by the mask y > 0 (docs/performance.md, cause 3);
 4. a matmul with inner dimension 1 becomes a broadcast product (cause 4);
-5. a MADE mask multiplies the weight once per call, and the weight gradient is masked.
+5. a MADE mask multiplies the weight once per call, and the weight gradient is masked;
+6. a spline reads its bin's knots with a gather, O(1) per element instead of a one-hot
+   product and sum over the K bins, and the gather's VJP is one one-hot product instead of
+   autograd's scatter (``np.add.at``, cause 2).
 
 Every primitive preserves the dtype of its inputs (float32 stays float32: only Python
 scalars appear in the arithmetic) and works on any array type NumPy dispatches to (CuPy,
@@ -50,9 +53,10 @@ from __future__ import annotations
 from typing import Any
 
 import autograd.numpy as np
-from autograd.extend import defvjp_argnums, primitive
+from autograd.extend import defvjp, defvjp_argnums, primitive
+from autograd.tracer import getval
 
-__all__ = ["dense", "masked_dense", "affine_update", "FUSED_ACTIVATIONS"]
+__all__ = ["dense", "masked_dense", "affine_update", "take_bin", "bin_index", "FUSED_ACTIVATIONS"]
 
 
 def _relu(a):
@@ -183,3 +187,33 @@ def _affine_update_vjp(argnums, x, args, kwargs):
 
 
 defvjp_argnums(affine_update, _affine_update_vjp)
+
+
+def bin_index(v, knots):
+    """k with knots_k <= v < knots_{k+1}, for v (...,) and knots (..., K + 1) covering v.
+
+    v has passed interior knot k iff v >= knots_k, so the count of passed interior knots is
+    the bin; v on the right end goes to the last bin. Comparisons carry no gradient.
+    """
+    raw_v, raw_knots = getval(v), getval(knots)
+    return np.sum(raw_v[..., None] >= raw_knots[..., 1:-1], axis=-1)
+
+
+@primitive
+def take_bin(table, index):
+    """table[..., index] per element: table (..., K + 1), integer index (...,); the leading
+    axes of the table broadcast against those of the index."""
+    lead = (1,) * (index.ndim + 1 - table.ndim)
+    return np.take_along_axis(np.reshape(table, lead + table.shape), index[..., None], -1)[..., 0]
+
+
+def _take_bin_vjp(ans, table, index):
+    def vjp(g):
+        # the bin numbers 0..K as a small vector of the table's own array type
+        bins = np.cumsum(np.ones_like(table[(0,) * (table.ndim - 1)])) - 1.0  # (K + 1,)
+        return _unbroadcast(g[..., None] * (bins == index[..., None]), np.shape(table))
+
+    return vjp
+
+
+defvjp(take_bin, _take_bin_vjp)
