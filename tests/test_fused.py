@@ -10,7 +10,14 @@ import numpy
 import pytest
 
 from refflow import backend as B
-from refflow.fused import FUSED_ACTIVATIONS, affine_update, dense, masked_dense
+from refflow.fused import (
+    FUSED_ACTIVATIONS,
+    affine_update,
+    bin_index,
+    dense,
+    masked_dense,
+    take_bin,
+)
 from refflow.nn import MLP, MaskedMLP
 from tests.strict import StrictArray
 
@@ -189,3 +196,38 @@ def test_masked_mlp_on_strict_arrays_and_float32():
         for g, ref in zip(grads, reference):
             assert isinstance(g, StrictArray) and g.dtype == numpy.dtype(dtype)
             numpy.testing.assert_allclose(B.to_numpy(g), ref, rtol=1e-5)
+
+
+# the readable bin search: a one-hot of the bin and a product-sum per table
+def _onehot(v, knots):
+    k = knots.shape[-1] - 1
+    passed = (v[..., None] >= knots[..., 1:-1]).astype(v.dtype)  # (..., K - 1)
+    one = anp.ones_like(passed[..., :1])
+    return anp.concatenate([one, passed], -1) - anp.concatenate([passed, 0.0 * one], -1)[..., :k]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("table_shape", [(4, 3, 6), (3, 6)])
+def test_take_bin_equals_one_hot_pick(dtype, table_shape):
+    rng = numpy.random.default_rng(0)
+    knots = numpy.sort(rng.standard_normal((4, 3, 6)), axis=-1).astype(dtype)
+    v = (knots[..., 0] + (knots[..., -1] - knots[..., 0]) * rng.random((4, 3))).astype(dtype)
+    v[0, 0] = knots[0, 0, 2]  # exactly on a knot: the bin to its right
+    v[1, 1] = knots[1, 1, -1]  # the right end: the last bin
+    table = rng.standard_normal(table_shape).astype(dtype)
+    index = bin_index(v, knots)
+    onehot = _onehot(v, knots)
+    numpy.testing.assert_array_equal(index, numpy.argmax(onehot, axis=-1))
+    numpy.testing.assert_array_equal(index[0, 0], 2)
+    numpy.testing.assert_array_equal(index[1, 1], 4)
+    weights = rng.standard_normal((4, 3)).astype(dtype)
+    pick = lambda t: anp.sum(weights * anp.sum(t[..., :-1] * onehot, -1))  # noqa: E731
+    fast = lambda t: anp.sum(weights * take_bin(t, index))  # noqa: E731
+    assert fast(table) == pytest.approx(pick(table), rel=1e-6)
+    g = autograd.grad(fast)(table)
+    assert g.shape == table.shape and g.dtype == numpy.dtype(dtype)
+    numpy.testing.assert_allclose(g, autograd.grad(pick)(table), rtol=1e-6, atol=1e-6)
+    strict_g = autograd.grad(lambda t: anp.sum(StrictArray(weights) * take_bin(
+        t, StrictArray(index))))(StrictArray(table))
+    assert isinstance(strict_g, StrictArray)
+    numpy.testing.assert_allclose(B.to_numpy(strict_g), g, rtol=1e-6)
