@@ -120,8 +120,14 @@ def _torch_impl(library: str, module: Any, log_prob: Callable, sample: Callable,
 
     def no_grad(fn):
         def run(arg):
-            with torch.no_grad():
-                return fn(arg)
+            # nflows draws its base noise in torch's default dtype, whatever the module's
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(getattr(torch, dtype))
+            try:
+                with torch.no_grad():
+                    return fn(arg)
+            finally:
+                torch.set_default_dtype(previous)
         return run
 
     return Impl(

@@ -139,13 +139,23 @@ def run_grid(args) -> dict:
             for dtype in args.dtypes:
                 impls = {lib: _build(lib, model, dim, dtype, args) for lib in libs}
                 counts = {lib: impl.n_params for lib, impl in impls.items()}
-                for batch in args.batches:
+                smallest = {}  # op -> (batch, slowest library's seconds)
+                for batch in sorted(args.batches):
                     # data from a standard normal: inside every flow's domain
                     x = host.standard_normal((batch, dim)).astype(dtype)
                     for op in args.ops:
-                        med = measure(impls, op, x, batch, args.repeats, args.budget)
-                        rows.append(dict(model=model, dim=dim, dtype=dtype, batch=batch,
-                                         op=op, seconds=med, params=counts))
+                        row = dict(model=model, dim=dim, dtype=dtype, batch=batch, op=op,
+                                   params=counts)
+                        # cost is at most linear in the batch: skip what would not fit
+                        if op in smallest:
+                            predicted = smallest[op][1] * batch / smallest[op][0]
+                            if predicted > args.max_call:
+                                rows.append(dict(row, skipped=predicted))
+                                print(_row_text(rows[-1]), flush=True)
+                                continue
+                        row["seconds"] = measure(impls, op, x, batch, args.repeats, args.budget)
+                        smallest.setdefault(op, (batch, max(row["seconds"].values())))
+                        rows.append(row)
                         print(_row_text(rows[-1]), flush=True)
     return dict(meta=_meta(threads, libs, args), rows=rows)
 
@@ -166,6 +176,9 @@ def goal(row: dict) -> float:
 
 
 def _row_text(row: dict) -> str:
+    if "skipped" in row:
+        return (f"{row['model']:8s} D={row['dim']:<3d} {row['dtype']:8s} N={row['batch']:<6d} "
+                f"{row['op']:8s} skipped: about {row['skipped']:.0f} s per call predicted")
     times = "  ".join(f"{lib} {1e3 * t:9.2f} ms" for lib, t in row["seconds"].items())
     return (f"{row['model']:8s} D={row['dim']:<3d} {row['dtype']:8s} N={row['batch']:<6d} "
             f"{row['op']:8s} {times}  ratio {ratio(row):.2f}")
@@ -209,7 +222,8 @@ def _geomean(values: list) -> float:
 
 def markdown(result: dict, title: str) -> str:
     """The table of medians and ratios, geometric means, and which goals are met."""
-    meta, rows = result["meta"], result["rows"]
+    meta, skipped = result["meta"], [r for r in result["rows"] if "skipped" in r]
+    rows = [r for r in result["rows"] if "skipped" not in r]
     libs = meta["libraries"]
     out = [f"## {title}", ""]
     out += [f"- date: {meta['date']}; load average at the end: {meta['load']}",
@@ -221,7 +235,13 @@ def markdown(result: dict, title: str) -> str:
     head = ["model", "D", "dtype", "batch", "operation", *[f"{lib} ms" for lib in libs],
             "refflow / best peer", "goal"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
+    for row in result["rows"]:
+        if "skipped" in row:
+            cells = [row["model"], str(row["dim"]), row["dtype"], str(row["batch"]),
+                     OP_NAMES[row["op"]], *["-" for _ in libs],
+                     f"skipped: ~{row['skipped']:.0f} s per call predicted", "-"]
+            out.append("| " + " | ".join(cells) + " |")
+            continue
         r, g = ratio(row), goal(row)
         cells = [row["model"], str(row["dim"]), row["dtype"], str(row["batch"]),
                  OP_NAMES[row["op"]], *[f"{1e3 * row['seconds'][lib]:.2f}" for lib in libs],
@@ -237,7 +257,8 @@ def markdown(result: dict, title: str) -> str:
             cells.append(_geomean([ratio(r) for r in sel]))
             out.append(f"| {OP_NAMES[op]} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     met = sum(ratio(r) <= goal(r) for r in rows)
-    out += ["", f"Goals met in {met} of {len(rows)} configurations.", ""]
+    out += ["", f"Goals met in {met} of {len(rows)} measured configurations "
+            f"({len(skipped)} skipped for time).", ""]
     return "\n".join(out)
 
 
@@ -255,6 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--libraries", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
     p.add_argument("--repeats", type=int, default=9, help="rounds per cell (at least 3)")
     p.add_argument("--budget", type=float, default=6.0, help="seconds of rounds per cell")
+    p.add_argument("--max-call", type=float, default=8.0,
+                   help="skip cells predicted (from the smaller batch) to take longer per call")
     p.add_argument("--threads", type=int, default=0,
                    help="BLAS and torch threads (0: torch as NumPy's BLAS)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
