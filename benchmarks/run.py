@@ -245,7 +245,7 @@ def markdown(result: dict, title: str) -> str:
         r, g = ratio(row), goal(row)
         cells = [row["model"], str(row["dim"]), row["dtype"], str(row["batch"]),
                  OP_NAMES[row["op"]], *[f"{1e3 * row['seconds'][lib]:.2f}" for lib in libs],
-                 f"{r:.2f}", ("met" if r <= g else f"not met (<= {g})")]
+                 f"{r:.2f}", ("-" if r != r else "met" if r <= g else f"not met (<= {g})")]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "Geometric mean of refflow / best peer:", "",
             "| operation | " + " | ".join(f"batch {b}" for b in _batches(rows)) + " | all |",
