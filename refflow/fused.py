@@ -15,7 +15,12 @@ plain version stays the definition, the primitive is the fast path. What fusing 
 5. a MADE mask multiplies the weight once per call, and the weight gradient is masked;
 6. a spline reads its bin's knots with a gather, O(1) per element instead of a one-hot
    product and sum over the K bins, and the gather's VJP is one one-hot product instead of
-   autograd's scatter (``np.add.at``, cause 2).
+   autograd's scatter (``np.add.at``, cause 2);
+7. sums and cumulative sums over a short last axis (a spline's K bins) become matrix
+   products with a ones vector or an upper-triangular ones matrix, and a maximum over it
+   K - 1 element-wise maxima: NumPy reduces a short last axis with a slow per-row loop
+   (K = 8, float32, 131072 rows: sum 11 ms, cumsum 14 ms, max 23 ms; as products or
+   maxima 0.5, 1.1 and 1.2 ms).
 
 Every primitive preserves the dtype of its inputs (float32 stays float32: only Python
 scalars appear in the arithmetic) and works on any array type NumPy dispatches to (CuPy,
@@ -56,7 +61,17 @@ import autograd.numpy as np
 from autograd.extend import defvjp, defvjp_argnums, primitive
 from autograd.tracer import getval
 
-__all__ = ["dense", "masked_dense", "affine_update", "take_bin", "bin_index", "FUSED_ACTIVATIONS"]
+__all__ = [
+    "dense",
+    "masked_dense",
+    "affine_update",
+    "take_bin",
+    "bin_index",
+    "sum_last",
+    "cumsum_last",
+    "max_last",
+    "FUSED_ACTIVATIONS",
+]
 
 
 def _relu(a):
@@ -196,7 +211,8 @@ def bin_index(v, knots):
     the bin; v on the right end goes to the last bin. Comparisons carry no gradient.
     """
     raw_v, raw_knots = getval(v), getval(knots)
-    return np.sum(raw_v[..., None] >= raw_knots[..., 1:-1], axis=-1)
+    passed = raw_v[..., None] >= raw_knots[..., 1:-1]  # (..., K - 1)
+    return sum_last(passed.astype(raw_v.dtype))[..., 0].astype("int64")
 
 
 @primitive
@@ -217,3 +233,42 @@ def _take_bin_vjp(ans, table, index):
 
 
 defvjp(take_bin, _take_bin_vjp)
+
+
+def _rows(a):
+    """a (..., K) as a matrix (rows, K), for one BLAS call over all leading axes."""
+    return np.reshape(a, (-1, a.shape[-1]))
+
+
+@primitive
+def sum_last(a):
+    """sum(a, axis=-1, keepdims=True), as a product with a ones vector (fast for short K)."""
+    ones = np.ones_like(a, shape=(a.shape[-1], 1))
+    return np.reshape(_rows(a) @ ones, a.shape[:-1] + (1,))
+
+
+defvjp(sum_last, lambda ans, a: lambda g: g * np.ones_like(a))
+
+
+def _upper_ones(a):
+    k = a.shape[-1]
+    return np.triu(np.ones_like(a, shape=(k, k)))  # U_ij = [i <= j]
+
+
+@primitive
+def cumsum_last(a):
+    """cumsum(a, axis=-1), as the product a U with U_ij = [i <= j] (fast for short K)."""
+    return np.reshape(_rows(a) @ _upper_ones(a), a.shape)
+
+
+defvjp(cumsum_last, lambda ans, a: lambda g: np.reshape(_rows(g) @ _upper_ones(a).T, a.shape))
+
+
+def max_last(a):
+    """max(a, axis=-1, keepdims=True) as K - 1 element-wise maxima; no gradient (it serves
+    as a stability shift, whose value does not change a softmax)."""
+    raw = getval(a)
+    m = raw[..., 0]
+    for j in range(1, raw.shape[-1]):
+        m = np.maximum(m, raw[..., j])
+    return m[..., None]
