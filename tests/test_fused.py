@@ -14,8 +14,11 @@ from refflow.fused import (
     FUSED_ACTIVATIONS,
     affine_update,
     bin_index,
+    cumsum_last,
     dense,
     masked_dense,
+    max_last,
+    sum_last,
     take_bin,
 )
 from refflow.nn import MLP, MaskedMLP
@@ -231,3 +234,48 @@ def test_take_bin_equals_one_hot_pick(dtype, table_shape):
         t, StrictArray(index))))(StrictArray(table))
     assert isinstance(strict_g, StrictArray)
     numpy.testing.assert_allclose(B.to_numpy(strict_g), g, rtol=1e-6)
+
+
+REDUCTIONS = {
+    "sum_last": (sum_last, lambda a: anp.sum(a, axis=-1, keepdims=True)),
+    "cumsum_last": (cumsum_last, lambda a: anp.cumsum(a, axis=-1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_last_axis_reductions(name, dtype):
+    fast, plain = REDUCTIONS[name]
+    rng = numpy.random.default_rng(0)
+    a = rng.standard_normal((4, 3, 8)).astype(dtype)
+    weights = rng.standard_normal(numpy.shape(plain(a))).astype(dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    numpy.testing.assert_allclose(fast(a), plain(a), rtol=tol, atol=tol)
+    loss = lambda f: lambda x: anp.sum(weights * f(x))  # noqa: E731
+    g = autograd.grad(loss(fast))(a)
+    assert g.dtype == numpy.dtype(dtype)
+    numpy.testing.assert_allclose(g, autograd.grad(loss(plain))(a), rtol=tol, atol=tol)
+    # finite differences (float64): both maps are linear, so central differences are exact
+    a64, w64 = a.astype("float64"), weights.astype("float64")
+    direction = rng.standard_normal(a.shape)
+    fd = (numpy.sum(w64 * fast(a64 + 1e-3 * direction))
+          - numpy.sum(w64 * fast(a64 - 1e-3 * direction))) / 2e-3
+    grad64 = autograd.grad(lambda x: anp.sum(w64 * fast(x)))(a64)
+    assert numpy.sum(grad64 * direction) == pytest.approx(fd, rel=1e-9)
+    strict_g = autograd.grad(lambda x: anp.sum(StrictArray(weights) * fast(x)))(StrictArray(a))
+    assert isinstance(strict_g, StrictArray)
+    numpy.testing.assert_allclose(B.to_numpy(strict_g), g, rtol=tol, atol=tol)
+
+
+def test_max_last_is_the_max_and_carries_no_gradient():
+    a = numpy.random.default_rng(0).standard_normal((4, 3, 8))
+    numpy.testing.assert_array_equal(max_last(a), numpy.max(a, axis=-1, keepdims=True))
+    assert isinstance(max_last(StrictArray(a)), StrictArray)
+    # a softmax shifted by max_last has the gradient of the unshifted one
+    def softmax(x, shift):
+        e = anp.exp(x - shift(x))
+        return e / anp.sum(e, axis=-1, keepdims=True)
+    w = numpy.random.default_rng(1).standard_normal(a.shape)
+    g = autograd.grad(lambda x: anp.sum(w * softmax(x, max_last)))(a)
+    g_plain = autograd.grad(lambda x: anp.sum(w * softmax(x, lambda y: 0.0)))(a)
+    numpy.testing.assert_allclose(g, g_plain, rtol=1e-12, atol=1e-12)
