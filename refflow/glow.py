@@ -273,8 +273,9 @@ class Invertible1x1Conv:
 
     The Jacobian of the whole image map is block diagonal with H W copies of W, hence the
     factor H W (a known bug when missing [2]). Invertible iff det W != 0. Cost: O(C^3) for
-    slogdet and the solve's LU, O(H W C^2) per image. In float32 the LU solve loses digits
-    for ill-conditioned W; ``LUInvertible1x1Conv`` avoids the factorisation.
+    slogdet and for W^{-1} (an LU solve against the identity), O(H W C^2) per image. In
+    float32 the LU solve loses digits for ill-conditioned W; ``LUInvertible1x1Conv``
+    avoids the factorisation.
 
     References
     ----------
@@ -317,7 +318,9 @@ class Invertible1x1Conv:
         return z @ self.weight.T, self._log_det(z)
 
     def inverse(self, x):
-        return solve(self.weight, x), -self._log_det(x)
+        # W^{-1} once (LU with pivoting on C x C), then one product for all pixels
+        w_inv = solve(self.weight, B.eye_like(self.weight), columns=True)
+        return x @ w_inv.T, -self._log_det(x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -344,8 +347,9 @@ class LUInvertible1x1Conv:
         \log|\det \mathbf{J}| = H \cdot W \cdot \sum_c \log s_c
 
     Invertible by construction (L has a unit diagonal, s > 0). The log-det costs O(C)
-    instead of O(C^3), and the inverse is two triangular solves, O(H W C^2), with no
-    factorisation, which is also what keeps it accurate in float32.
+    instead of O(C^3), and W^{-1} comes from two triangular solves, O(C^3) once, then
+    O(H W C^2) per image, with no pivoted factorisation, which is also what keeps it
+    accurate in float32.
 
     References
     ----------
@@ -417,10 +421,14 @@ class LUInvertible1x1Conv:
         return z @ self.weight().T, self._log_det(z)
 
     def inverse(self, x):
-        y = x @ self.perm  # P^T x at every position, in row form
-        w = solve_triangular(self.lower, y, lower=True, unit_diagonal=True)
-        z = solve_triangular(self._triangular(), w, lower=False)
-        return z, -self._log_det(x)
+        # W^{-1} = U'^{-1} L^{-1} P^T by two triangular solves on the C x C matrix P^T, then
+        # one product for all pixels: the solves' O(C) sequential steps run on C x C arrays,
+        # not on the whole batch
+        p_t = self.perm.T
+        l_inv_p_t = solve_triangular(self.lower, p_t, lower=True, unit_diagonal=True,
+                                     columns=True)
+        w_inv = solve_triangular(self._triangular(), l_inv_p_t, lower=False, columns=True)
+        return x @ w_inv.T, -self._log_det(x)
 
 
 # ---------------------------------------------------------------------------------- squeeze
@@ -430,20 +438,19 @@ def _squeeze(z):
     """(..., H, W, C) -> (..., H/2, W/2, 4C); channel index (a, b, c) -> 2C a + C b + c."""
     h, w, c = z.shape[-3:]
     lead = z.shape[:-3]
-    n = len(lead)
     blocks = np.reshape(z, lead + (h // 2, 2, w // 2, 2, c))  # (..., H/2, a, W/2, b, C)
-    order = tuple(range(n)) + (n, n + 2, n + 1, n + 3, n + 4)
-    return np.reshape(np.transpose(blocks, order), lead + (h // 2, w // 2, 4 * c))
+    # swapaxes, not transpose: its gradient takes the same two integers, no index array
+    blocks = np.swapaxes(blocks, -4, -3)  # (..., H/2, W/2, a, b, C)
+    return np.reshape(blocks, lead + (h // 2, w // 2, 4 * c))
 
 
 def _unsqueeze(x):
     """(..., H, W, 4C) -> (..., 2H, 2W, C), the inverse of ``_squeeze``."""
     h, w, c4 = x.shape[-3:]
     lead = x.shape[:-3]
-    n = len(lead)
     blocks = np.reshape(x, lead + (h, w, 2, 2, c4 // 4))  # (..., H, W, a, b, C)
-    order = tuple(range(n)) + (n, n + 2, n + 1, n + 3, n + 4)
-    return np.reshape(np.transpose(blocks, order), lead + (2 * h, 2 * w, c4 // 4))
+    blocks = np.swapaxes(blocks, -4, -3)  # (..., H, a, W, b, C)
+    return np.reshape(blocks, lead + (2 * h, 2 * w, c4 // 4))
 
 
 @dataclass(frozen=True, eq=False)

@@ -196,8 +196,11 @@ class Conv2d:
     Images are channels-last, (..., H, W, C). The convolution is written as im2col: the
     k*k shifted windows of the padded image are laid side by side on the channel axis,
     (N, H, W, k*k*C_in), and multiplied by the weight reshaped to (k*k*C_in, C_out), one
-    matrix product for the whole batch. The windows are contiguous slices, whose gradient
-    is a slice too (no scatter). Cost: O(N H W k^2 C_in C_out).
+    matrix product for the whole batch. When C_out < C_in (a conditioner's last layer) the
+    same sum is taken the other way round: one product x W_ac for all k*k offsets, then
+    the k*k shifted (N, H, W, C_out) blocks are added, so the copies stay C_out wide. The
+    windows are contiguous slices, whose gradient is a slice too (no scatter).
+    Cost: O(N H W k^2 C_in C_out).
 
     .. math::
 
@@ -231,18 +234,32 @@ class Conv2d:
         return cls(*_init_conv(rng, c_in, c_out, k, zero, dtype))
 
     def __call__(self, x):
-        k, _, c_in, _ = self.weight.shape
+        k, _, c_in, c_out = self.weight.shape
         if k == 1:
             return x @ self.weight[0, 0] + self.bias
         p = k // 2
         lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
         x4 = np.reshape(x, (-1, h, w, c_in))  # (N, H, W, C_in)
-        padded = np.pad(x4, ((0, 0), (p, p), (p, p), (0, 0)), mode="constant")  # (N, H+2p, W+2p, C)
-        columns = np.concatenate(
-            [padded[:, a : a + h, c : c + w, :] for a in range(k) for c in range(k)], axis=-1
-        )  # (N, H, W, k*k*C_in), ordered like the rows of the reshaped weight
-        y = columns @ np.reshape(self.weight, (k * k * c_in, -1)) + self.bias
-        return np.reshape(y, lead + (h, w, -1))
+        pads = ((0, 0), (p, p), (p, p), (0, 0))
+        if c_in <= c_out:
+            # gather: the k*k shifted windows side by side, then one product
+            padded = np.pad(x4, pads, mode="constant")  # (N, H + 2p, W + 2p, C_in)
+            columns = np.concatenate(
+                [padded[:, a : a + h, c : c + w, :] for a in range(k) for c in range(k)],
+                axis=-1,
+            )  # (N, H, W, k*k*C_in), ordered like the rows of the reshaped weight
+            y = columns @ np.reshape(self.weight, (k * k * c_in, c_out))
+        else:
+            # scatter: u_ac = x W_ac for all offsets in one product, then the k*k shifted
+            # blocks of u are summed; cheaper when C_out < C_in (the windows are narrower)
+            w_all = np.reshape(np.moveaxis(self.weight, 2, 0), (c_in, k * k * c_out))
+            u = np.pad(x4 @ w_all, pads, mode="constant")  # (N, H + 2p, W + 2p, k*k*C_out)
+            y = 0.0
+            for a in range(k):
+                for c in range(k):
+                    block = (a * k + c) * c_out
+                    y = y + u[:, a : a + h, c : c + w, block : block + c_out]
+        return np.reshape(y + self.bias, lead + (h, w, c_out))
 
 
 @dataclass(frozen=True, eq=False)

@@ -135,16 +135,18 @@ def test_nice_volume_change_is_the_scaling_alone():
     numpy.testing.assert_allclose(ld, numpy.log(0.5 * 2.0 * 3.0 * 0.25), atol=1e-14)
 
 
-def test_conv2d_matches_scipy_correlation():
+@pytest.mark.parametrize("c_in, c_out", [(3, 2), (2, 5)])  # the scatter and gather paths
+def test_conv2d_matches_scipy_correlation(c_in, c_out):
     rng = B.rng(5)
-    conv = Conv2d.init(rng, 3, 2, kernel_size=3)
-    x = rng.standard_normal((2, 5, 6, 3))
+    conv = Conv2d.init(rng, c_in, c_out, kernel_size=3)
+    conv = Conv2d(conv.weight, rng.standard_normal((c_out,)))
+    x = rng.standard_normal((2, 5, 6, c_in))
     y = B.to_numpy(conv(x))
     w, xh = B.to_numpy(conv.weight), B.to_numpy(x)
-    expected = numpy.zeros((2, 5, 6, 2)) + B.to_numpy(conv.bias)
+    expected = numpy.zeros((2, 5, 6, c_out)) + B.to_numpy(conv.bias)
     for n in range(2):
-        for o in range(2):
-            for c in range(3):
+        for o in range(c_out):
+            for c in range(c_in):
                 expected[n, :, :, o] += scipy.signal.correlate2d(xh[n, :, :, c], w[:, :, c, o],
                                                                  mode="same")
     numpy.testing.assert_allclose(y, expected, atol=1e-13)
