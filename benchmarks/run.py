@@ -286,12 +286,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--malloc", default="current", choices=["current", "both"],
                    help="'both': default and tuned glibc thresholds, each in a fresh process")
     p.add_argument("--json", help="write the raw rows here instead of RESULTS.md")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="only write RESULTS.md from the --json files of earlier runs")
     p.add_argument("--output", default=str(HERE / "RESULTS.md"))
     return p
 
 
 def main(argv: list | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.combine:
+        results = [json.loads(Path(f).read_text()) for f in args.combine]
+        _write(args.output, [markdown(r, f"GLIBC_TUNABLES {r['meta']['glibc_tunables']}")
+                             for r in results])
+        return
     if args.quick:
         args.dims, args.batches, args.repeats = [2, 16], [256], 3
     if args.malloc == "both":
