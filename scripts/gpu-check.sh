@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# refflow on a GPU machine, in one go (under 5 minutes: install ~30 s, tests <= 140 s,
-# benchmarks <= 120 s): install with the gpu extra, run the
-# test suite on CuPy, benchmark CuPy (and torch CUDA when present) at batch >= 65536 against
-# NumPy on the CPU, and leave the logs and a results table under $OUT.
+# refflow on a GPU machine, in one go: install with the gpu extra, run the test suite on
+# CuPy, benchmark CuPy (and torch CUDA when present) at batch >= 65536 against NumPy on the
+# CPU, and leave the logs and a results table under $OUT. Under 5 minutes: install about
+# 30 s, tests at most 140 s, benchmarks at most 120 s.
 #
 # Usage, from the repository root:  OUT=/some/dir bash scripts/gpu-check.sh
 #
