@@ -396,7 +396,7 @@ def _check_permutation(name: str, perm: Any) -> None:
     host = B.to_numpy(perm)
     if host.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected an integer array, got dtype {host.dtype}")
-    if host.shape[0] == 0 or not np.all(np.sort(host) == np.arange(host.shape[0])):
+    if host.shape[0] == 0 or not np.all(np.sort(host) == np.arange(host.shape[0])):  # host-ok
         raise ValueError(f"{name}: expected a permutation of 0..D-1, got {host.tolist()}")
 
 

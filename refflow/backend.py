@@ -30,8 +30,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy
 import autograd.numpy as _anp
+import numpy
 from autograd import core as _ag_core
 from autograd.extend import SparseObject, VSpace, defvjp, primitive
 from autograd.numpy import numpy_vjps as _vjps

@@ -24,7 +24,8 @@ References
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import autograd.numpy as np
 from autograd import make_vjp

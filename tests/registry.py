@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-REGISTRY: dict[str, Callable[..., "Case"]] = {}
+REGISTRY: dict[str, Callable[..., Case]] = {}
 
 
 @dataclass
