@@ -20,9 +20,10 @@ def check_finite(name: str, x: Any) -> Any:
     """Raise ``ValueError`` if ``x`` holds NaN or infinity."""
     if is_traced(x):
         return x
-    host = to_numpy(x)
-    if host.dtype.kind in "fc" and not bool(np.all(np.isfinite(host))):
-        bad = int(host.size - np.count_nonzero(np.isfinite(host)))
+    dtype = getattr(x, "dtype", None)
+    # reduce on the device: one scalar comes back to the host, never the whole batch
+    if dtype is not None and dtype.kind in "fc" and not bool(np.all(np.isfinite(x))):
+        bad = int(to_numpy(np.sum(~np.isfinite(x))))
         raise ValueError(f"{name}: expected finite values, found {bad} NaN or infinite entries")
     return x
 
