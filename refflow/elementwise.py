@@ -63,6 +63,9 @@ __all__ = [
 PERTURBATION_BOUND = 9.0 / (8.0 * math.sqrt(3.0))  # max over u of 2u / (1 + u^2)^2
 MIN_BIN = 1e-3         # smallest spline bin, as a fraction of 2B (width and height)
 MIN_DERIVATIVE = 1e-3  # smallest spline knot derivative
+# |c| k d / a <= 1 - PERTURBATION_MARGIN: tanh(t_c) rounds to 1 for t_c >= ~19 (float64), ~9
+# (float32), which without a margin would put h' = 0 at u = 1 / sqrt(3) and log h' = -inf
+PERTURBATION_MARGIN = 1e-3
 
 
 def _sigmoid(t):
@@ -239,7 +242,8 @@ class Perturbation(_Elementwise):
     Since max_u 2u / (1 + u^2)^2 = 9 / (8 sqrt 3) (at u = 1 / sqrt 3), h' > 0 everywhere iff
     a > 9 / (8 sqrt 3) |c| d when d > 0. Erratum: the slide writes c d, without the absolute
     value; a negative c is just as dangerous. The unconstrained parameters
-    theta = (log a, b, artanh(k c d / a), log d, e) satisfy the bound for every real theta.
+    theta = (log a, b, artanh(k c d / (m a)), log d, e), m = 1 - 1e-3, satisfy the bound for
+    every real theta, with h' >= 1e-3 a even where tanh rounds to 1.
 
     Inverse: h(z) = x is a cubic in z, but refflow uses bisection
     (``refflow.solvers.invert_increasing``) on the exact bracket
@@ -277,7 +281,7 @@ class Perturbation(_Elementwise):
 
     @classmethod
     def num_params(cls) -> int:
-        """Raw parameters per coordinate: (log a, b, artanh(k c d / a), log d, e)."""
+        """Raw parameters per coordinate: (log a, b, artanh(k c d / (m a)), log d, e)."""
         return cls.P
 
     @classmethod
@@ -293,14 +297,16 @@ class Perturbation(_Elementwise):
 
     @classmethod
     def from_unconstrained(cls, theta) -> Perturbation:
-        """theta (..., D, 5) -> (a, b, c, d, e) with d > 0 and |c| < a / (k d)."""
+        """theta (..., D, 5) -> (a, b, c, d, e) with d > 0 and |c| < (1 - 1e-3) a / (k d)."""
         log_a, b, t_c, log_d, e = (p[..., 0] for p in _split(theta, (1,) * 5, cls.__name__))
         a, d = np.exp(log_a), np.exp(log_d)
-        return _build(cls, a=a, b=b, c=np.tanh(t_c) * a / (PERTURBATION_BOUND * d), d=d, e=e)
+        scale = (1.0 - PERTURBATION_MARGIN) / PERTURBATION_BOUND
+        return _build(cls, a=a, b=b, c=scale * np.tanh(t_c) * a / d, d=d, e=e)
 
     def to_unconstrained(self):
         """The theta (..., D, 5) that ``from_unconstrained`` maps to this bijection."""
-        t_c = np.arctanh(PERTURBATION_BOUND * self.c * self.d / self.a)
+        t_c = np.arctanh(PERTURBATION_BOUND * self.c * self.d
+                         / ((1.0 - PERTURBATION_MARGIN) * self.a))
         return _stack_last([v[..., None] for v in
                             (np.log(self.a), self.b, t_c, np.log(self.d), self.e)])
 

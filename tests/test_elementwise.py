@@ -107,10 +107,10 @@ def test_spline_derivative_at_knots_ends_and_tails(seed):
 
 def test_perturbation_at_its_bound():
     """|c| = 0.99999 of a / (k d): the slope at u = 1/sqrt(3) is a * 1e-5, still positive."""
-    theta = numpy.array([[0.2, 0.1, math.atanh(0.99999), -0.3, 0.4],
-                         [0.0, 0.0, -math.atanh(0.99999), 0.5, -0.2]])   # c > 0 and c < 0
-    f = Perturbation.from_unconstrained(theta)
-    Perturbation(f.a, f.b, f.c, f.d, f.e)                         # the constructor accepts it
+    g = Perturbation.from_unconstrained(numpy.array([[0.2, 0.1, 0.0, -0.3, 0.4],
+                                                     [0.0, 0.0, 0.0, 0.5, -0.2]]))
+    c = numpy.array([0.99999, -0.99999]) * g.a / (PERTURBATION_BOUND * g.d)  # c > 0 and c < 0
+    f = Perturbation(g.a, g.b, c, g.d, g.e)                       # the constructor accepts it
     u_star = numpy.sign(f.c) / math.sqrt(3.0)                     # where h' is smallest
     z_star = ((u_star - f.e) / f.d)[None, :]
     z = numpy.concatenate([z_star, z_star + 1e-3, numpy.linspace(-4, 4, 9)[:, None] + 0 * f.a])
@@ -248,6 +248,21 @@ def test_the_slides_bound_without_abs_is_not_enough():
     assert a > PERTURBATION_BOUND * c * d
     u = -1.0 / math.sqrt(3.0)
     assert a - 2 * c * d * u / (1 + u * u) ** 2 < 0
+
+
+@pytest.mark.parametrize("dtype, t", [(numpy.float64, 25.0), (numpy.float32, 10.0)])
+def test_perturbation_saturated_tanh_keeps_a_margin(dtype, t):
+    """tanh(t_c) rounds to 1 here; c must still stay a margin below a / (k d)."""
+    theta = numpy.array([[0.2, 0.1, t, -0.3, 0.4], [0.0, 0.0, -t, 0.5, -0.2]], dtype=dtype)
+    f = Perturbation.from_unconstrained(theta)
+    Perturbation(f.a, f.b, f.c, f.d, f.e)                         # the constructor accepts it
+    u_star = numpy.sign(f.c) / math.sqrt(3.0)                     # where h' is smallest
+    z = numpy.concatenate([((u_star - f.e) / f.d)[None, :],
+                           numpy.linspace(-4, 4, 9)[:, None] + 0 * f.a]).astype(dtype)
+    x, log_det = f.forward(z)
+    assert log_det.dtype == dtype and numpy.all(numpy.isfinite(log_det))
+    assert numpy.all(f.derivative(z)[0] >= 0.5e-3 * f.a)
+    assert numpy.all(numpy.isfinite(f.inverse(x)[1]))
 
 
 def test_perturbation_from_any_theta_is_valid():
