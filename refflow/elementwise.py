@@ -114,23 +114,42 @@ class _Elementwise:
     for the numerical inverse."""
 
     P: ClassVar[int]
+    # a parameter field of shape (..., D) + (inner axes), and its number of inner axes
+    _SHAPE_FIELD: ClassVar[tuple[str, int]]
+
+    def _check_shape(self, name, v):
+        # shapes only, so it is safe on traced values; without it a (N, 1) input would
+        # broadcast silently against (D,) parameters to (N, D)
+        name_p, inner = self._SHAPE_FIELD
+        p_shape = tuple(getattr(self, name_p).shape)
+        p_shape = p_shape[:len(p_shape) - inner]
+        v_shape = tuple(getattr(v, "shape", ()))
+        try:
+            ok = tuple(np.broadcast_shapes(v_shape, p_shape)) == v_shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name}: expected a shape (..., {p_shape[-1]}) that the parameters' "
+                             f"shape {p_shape} broadcasts to, got {v_shape}")
 
     def forward(self, z):
         """x = h(z) element-wise and log|det J| = sum over the last axis of log h'(z)."""
+        self._check_shape("z", z)
         x, log_d = self._forward(z)
         return x, np.sum(log_d, axis=-1)
 
     def inverse(self, x):
         """z = h^{-1}(x) element-wise and log|det J_{f^{-1}}(x)| = -sum log h'(z)."""
+        self._check_shape("x", x)
         z, log_d = self._inverse(x)
         return z, -np.sum(log_d, axis=-1)
 
     def transform(self, z):
-        """h(z) element-wise."""
+        """h(z) element-wise, broadcasting z and the parameters (a (N, 1) grid for every h_i)."""
         return self._forward(z)[0]
 
     def inverse_transform(self, x):
-        """h^{-1}(x) element-wise."""
+        """h^{-1}(x) element-wise, broadcasting like ``transform``."""
         return self._inverse(x)[0]
 
     def log_derivative(self, z):
@@ -184,6 +203,7 @@ class ScalarAffine(_Elementwise):
     a: Any
     b: Any
     P: ClassVar[int] = 2
+    _SHAPE_FIELD: ClassVar[tuple[str, int]] = ("a", 0)
 
     def __post_init__(self):
         check_positive("a", check_array("a", self.a, min_ndim=1))
@@ -268,6 +288,7 @@ class Perturbation(_Elementwise):
     d: Any
     e: Any
     P: ClassVar[int] = 5
+    _SHAPE_FIELD: ClassVar[tuple[str, int]] = ("a", 0)
 
     def __post_init__(self):
         for name in "abcde":
@@ -375,6 +396,7 @@ class Monotone(_Elementwise):
     u: Any
     v: Any
     P: ClassVar[int] = 3 * 8 + 2
+    _SHAPE_FIELD: ClassVar[tuple[str, int]] = ("alpha", 0)
 
     def __post_init__(self):
         check_positive("alpha", check_array("alpha", self.alpha, min_ndim=1))
@@ -548,6 +570,7 @@ class Integral(_Elementwise):
     b2: Any
     nodes: int = field(default=33, metadata={"static": True})
     P: ClassVar[int] = 3 * 8 + 2
+    _SHAPE_FIELD: ClassVar[tuple[str, int]] = ("offset", 0)
 
     def __post_init__(self):
         check_array("offset", self.offset, min_ndim=1)
@@ -669,6 +692,7 @@ class RationalQuadraticSpline(_Elementwise):
     derivatives: Any
     bound: float = field(default=3.0, metadata={"static": True})
     P: ClassVar[int] = 3 * 8 - 1
+    _SHAPE_FIELD: ClassVar[tuple[str, int]] = ("widths", 1)
 
     def __post_init__(self):
         if not (isinstance(self.bound, (int, float)) and math.isfinite(self.bound)

@@ -355,6 +355,22 @@ def test_per_sample_parameters_equal_row_by_row(cls):
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_wrong_width_input_is_rejected_not_broadcast(cls):
+    f = random_transformer(cls, 3, 3)                             # D = 3
+    for bad in (numpy.zeros((4, 1)), numpy.zeros((4, 2)), numpy.zeros((1,))):
+        with pytest.raises(ValueError, match="z: "):
+            f.forward(bad)
+        with pytest.raises(ValueError, match="x: "):
+            f.inverse(bad)
+    per_sample = cls.from_unconstrained(numpy.zeros((4, 3, cls.num_params(**static_of(cls)))),
+                                        **static_of(cls))         # parameters (4, 3)
+    with pytest.raises(ValueError, match="z: "):
+        per_sample.forward(numpy.zeros((3,)))
+    assert per_sample.forward(numpy.zeros((4, 3)))[0].shape == (4, 3)
+    assert f.forward(numpy.zeros((2, 5, 3)))[1].shape == (2, 5)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_unconstrained_round_trip_and_p(cls):
     f = random_transformer(cls, 7, 3)
     theta = f.to_unconstrained()
