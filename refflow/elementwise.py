@@ -81,6 +81,18 @@ def _softplus_inverse(y):
     return y + np.log(-np.expm1(-y))
 
 
+def _check_bins(bins: int) -> int:
+    """K such that K bins of at least MIN_BIN * 2B fit into 2B, and knot slopes in (m, inf)."""
+    check_int("bins", bins)
+    if not bins * MIN_BIN < 1.0:
+        raise ValueError(f"bins: expected K < 1 / MIN_BIN = {1.0 / MIN_BIN:g} so that K bins "
+                         f"of at least MIN_BIN * 2B fit into [-B, B], got {bins}")
+    if not 0.0 < MIN_DERIVATIVE < 1.0:
+        raise ValueError(f"MIN_DERIVATIVE: expected a value in (0, 1) so that theta = 0 gives "
+                         f"slope 1, got {MIN_DERIVATIVE}")
+    return bins
+
+
 def _stack_last(parts):
     """Concatenate (..., D, k_i) blocks along the last axis, broadcasting their batch axes."""
     batch = np.broadcast_shapes(*(np.shape(p)[:-1] for p in parts))
@@ -698,6 +710,7 @@ class RationalQuadraticSpline(_Elementwise):
         if not (isinstance(self.bound, (int, float)) and math.isfinite(self.bound)
                 and self.bound > 0):
             raise ValueError(f"bound: expected a positive finite number, got {self.bound!r}")
+        _check_bins(check_array("widths", self.widths, min_ndim=2).shape[-1])
         for name in ("widths", "heights"):
             value = check_array(name, getattr(self, name), min_ndim=2)
             host = to_numpy(value)
@@ -717,7 +730,7 @@ class RationalQuadraticSpline(_Elementwise):
     @classmethod
     def num_params(cls, bins: int = 8, bound: float = 3.0) -> int:
         """Raw parameters per coordinate for K = ``bins``: 3K - 1."""
-        return 3 * check_int("bins", bins) - 1
+        return 3 * _check_bins(bins) - 1
 
     @classmethod
     def init(cls, rng, dim: int, bins: int = 8, bound: float = 3.0,
@@ -734,7 +747,7 @@ class RationalQuadraticSpline(_Elementwise):
                            bound: float = 3.0) -> RationalQuadraticSpline:
         """theta (..., D, 3K - 1) -> bins 2B (m + (1 - K m) softmax) and derivatives
         m + (1 - m) softplus / log 2 (so theta = 0 gives uniform bins and slopes 1)."""
-        k = (np.shape(theta)[-1] + 1) // 3 if bins is None else check_int("bins", bins)
+        k = _check_bins((np.shape(theta)[-1] + 1) // 3 if bins is None else bins)
         t_w, t_h, t_d = _split(theta, (k, k, k - 1), cls.__name__)
 
         def bins_of(logits):

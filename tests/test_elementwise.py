@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refflow import backend as B
+from refflow import elementwise
 from refflow.affine import Diagonal
 from refflow.elementwise import (
     PERTURBATION_BOUND,
@@ -397,6 +398,24 @@ def test_spline_identity_at_zero_theta_and_constructor_checks():
         RationalQuadraticSpline(w, w, numpy.ones((1, 3)), bound=-1.0)
     with pytest.raises(ValueError, match="a:"):
         ScalarAffine(numpy.array([0.0]), numpy.array([1.0]))
+
+
+def test_spline_rejects_more_bins_than_the_minimum_width_allows(monkeypatch):
+    """K MIN_BIN >= 1 leaves no room for the softmax part: widths would be <= 0 or too wide."""
+    k = 1000                                                      # K MIN_BIN = 1
+    with pytest.raises(ValueError, match="bins: "):
+        RationalQuadraticSpline.from_unconstrained(numpy.zeros((1, 3 * k - 1)), bins=k)
+    with pytest.raises(ValueError, match="bins: "):
+        RationalQuadraticSpline.from_unconstrained(numpy.zeros((1, 3 * k - 1)))
+    with pytest.raises(ValueError, match="bins: "):
+        RationalQuadraticSpline.init(B.rng(0), 2, bins=k)
+    w = numpy.full((1, k), 2.0 / k)
+    with pytest.raises(ValueError, match="bins: "):
+        RationalQuadraticSpline(w, w, numpy.ones((1, k - 1)), bound=1.0)
+    RationalQuadraticSpline.from_unconstrained(numpy.zeros((1, 3 * 999 - 1)))
+    monkeypatch.setattr(elementwise, "MIN_DERIVATIVE", 1.0)     # slope 1 at theta = 0 lost
+    with pytest.raises(ValueError, match="MIN_DERIVATIVE"):
+        RationalQuadraticSpline.from_unconstrained(numpy.zeros((1, 3 * 4 - 1)))
 
 
 def test_float32_spline_round_trip_on_knots():
