@@ -70,6 +70,7 @@ __all__ = [
     "sum_last",
     "cumsum_last",
     "max_last",
+    "tanh_bound",
     "FUSED_ACTIVATIONS",
 ]
 
@@ -272,3 +273,13 @@ def max_last(a):
     for j in range(1, raw.shape[-1]):
         m = np.maximum(m, raw[..., j])
     return m[..., None]
+
+
+@primitive
+def tanh_bound(s, bound: float):
+    """bound * tanh(s / bound): s near 0 unchanged, |result| < bound (a soft bound)."""
+    return bound * np.tanh(s / bound)
+
+
+# from the output y: d/ds = 1 - (y / bound)^2; autograd's tanh VJP divides by cosh^2 instead
+defvjp(tanh_bound, lambda y, s, bound: lambda g: g * (1.0 - (y / bound) ** 2))

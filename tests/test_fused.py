@@ -20,6 +20,7 @@ from refflow.fused import (
     max_last,
     sum_last,
     take_bin,
+    tanh_bound,
 )
 from refflow.nn import MLP, MaskedMLP
 from tests.strict import StrictArray
@@ -60,6 +61,8 @@ def _cases(rng, dtype):
                     lambda x, w, b, a=act: masked_dense(x, w, mask, b, activation=a),
                     lambda x, w, b, a=act: plain_masked_dense(x, w, mask, b, a),
                     (r(4, 3), r(3, 5), r(5)), (0, 1, 2)))
+    out.append(("tanh-bound", lambda s: tanh_bound(s, 2.0), lambda s: 2.0 * anp.tanh(s / 2.0),
+                (3.0 * r(4, 3),), (0,)))
     out.append(("affine-full", affine_update, plain_affine_update,
                 (r(4, 3), r(4, 3), r(4, 3)), (0, 1, 2)))
     out.append(("affine-broadcast", affine_update, plain_affine_update,
