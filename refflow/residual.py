@@ -98,19 +98,24 @@ def _spectral_bound(W):
     nothing overflows), log bound = sum_{j=0}^{s} log(t_j) / 2^(j+1). Since
     ||A^k||_F^2 = sum_i sigma_i^(4k), the bound lies in [sigma_1, r^(1/(4k)) sigma_1], r the
     rank: at most 1.6 % above sigma_1 for r = 64. Unlike power iteration (a lower bound),
-    it can only make a layer more contractive, never less. Cost O(min(m, n)^3 s).
+    it can only make a layer more contractive, never less. A zero matrix gets the bound 0
+    (a zero last layer, the identity start), with a zero gradient. Cost O(min(m, n)^3 s).
     """
     m, n = W.shape
     Wt = np.transpose(W)
     G = np.matmul(W, Wt) if m <= n else np.matmul(Wt, W)  # (r, r), r = min(m, n)
+    nonzero = np.sum(G * G) > 0
     log_bound = 0.0
     for j in range(_SQUARINGS + 1):
-        t = np.sqrt(np.sum(G * G))
-        log_bound = log_bound + np.log(t) / 2 ** (j + 1)
+        # t^2 = 1 in place of 0: no 0 / 0 or log 0 (not even in the unused branch's gradient);
+        # G is symmetric positive semi-definite, so its squares are nonzero unless W = 0
+        sq = np.sum(G * G)
+        sq = sq + (sq == 0)
+        log_bound = log_bound + np.log(sq) / 2 ** (j + 2)
         if j < _SQUARINGS:
-            G = G / t
+            G = G / np.sqrt(sq)
             G = np.matmul(G, G)
-    return np.exp(log_bound)
+    return np.exp(log_bound) * nonzero
 
 
 def _normalise(W, coeff: float):

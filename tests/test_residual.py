@@ -258,6 +258,25 @@ def test_gradients_through_training_loss_and_estimators_are_finite():
         numpy.testing.assert_allclose(a, b, atol=1e-8)
 
 
+def test_zero_last_layer_is_the_identity_with_finite_gradients():
+    """The usual identity start: a zero last layer makes F = 0 (0 / 0 in the norm bound before)."""
+    f = _block(dim=3, hidden=(8,))
+    f = ContractiveResidual((f.weights[0], numpy.zeros_like(f.weights[1])),
+                            (f.biases[0], numpy.zeros(3)), f.coeff)
+    z = B.rng(7).standard_normal((5, 3))
+    x, ld = f.forward(z)
+    numpy.testing.assert_array_equal(x, z)
+    numpy.testing.assert_array_equal(ld, numpy.zeros(5))
+    numpy.testing.assert_array_equal(f.inverse(x)[0], z)
+    leaves, rebuild = partition(f)
+    grads = autograd.grad(lambda p: anp.sum(rebuild(p).forward(z)[1]))(leaves)
+    assert all(numpy.all(numpy.isfinite(g)) for g in grads)
+    grads = autograd.grad(lambda p: anp.sum(rebuild(p).forward(z)[0] ** 2))(leaves)
+    # F = tanh(z W1 + b1) W2: at W2 = 0 the gradient of sum x^2 is 2 tanh(.)^T z, unscaled
+    numpy.testing.assert_allclose(grads[1], 2 * numpy.tanh(z @ f.effective_weights()[0]
+                                                           + f.biases[0]).T @ z, rtol=1e-10)
+
+
 def test_bad_input_raises_value_error():
     f = _block()
     with pytest.raises(ValueError, match="coeff"):
