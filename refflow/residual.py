@@ -561,6 +561,8 @@ class Radial:
     iff beta > -alpha (the paper's condition beta >= -alpha, made strict so the log-det is
     finite). Training keeps it: the unconstrained parameters are (z0, log alpha,
     softplus^{-1}(alpha + beta)). The radius is found by bisection (``invert_increasing``).
+    At z = z0, r = |z - z0| has no derivative; its gradient is taken as 0 there, so x = z0,
+    J_f = (1 + beta / alpha) I and every gradient is finite.
     Cost: O(D); the inverse adds ~60 scalar bisection steps.
 
     References
@@ -613,6 +615,14 @@ class Radial:
             object.__setattr__(new, name, value)
         return new
 
+    @staticmethod
+    def _norm(d):
+        # |d| with a zero gradient at d = 0 rather than 0 * inf = NaN (sqrt' is infinite at 0;
+        # the inner where keeps the sqrt of the unused branch away from 0 as well)
+        sq = np.sum(d * d, axis=-1)
+        positive = sq > 0
+        return np.where(positive, np.sqrt(np.where(positive, sq, 1.0)), 0.0)
+
     def _log_det(self, r):
         h = 1.0 / np.add(r, self.alpha)
         bh = np.multiply(self.beta, h)
@@ -621,14 +631,14 @@ class Radial:
     def forward(self, z):
         check_array("z", z, min_ndim=1, last=self.z0.shape[0])
         d = np.subtract(z, self.z0)
-        r = np.sqrt(np.sum(d * d, axis=-1))  # (...,)
+        r = self._norm(d)  # (...,)
         x = np.add(z, np.divide(self.beta, np.add(r, self.alpha))[..., None] * d)
         return x, self._log_det(r)
 
     def inverse(self, x):
         check_array("x", x, min_ndim=1, last=self.z0.shape[0])
         d = np.subtract(x, self.z0)
-        rho = np.sqrt(np.sum(d * d, axis=-1))  # (...,) = g(r)
+        rho = self._norm(d)  # (...,) = g(r)
         alpha, beta = self.alpha, self.beta
 
         def g(r):

@@ -18,7 +18,7 @@ import pytest
 from refflow import backend as B
 from refflow.core import Compose, Flow
 from refflow.distributions import StandardNormal
-from refflow.jacobian import numerical_jacobian
+from refflow.jacobian import jacobian, numerical_jacobian
 from refflow.linalg import spectral_norm
 from refflow.residual import (
     ContractiveResidual,
@@ -233,6 +233,27 @@ def test_radial_inverse_near_the_tight_constraint():
     numpy.testing.assert_allclose(z_back, z, atol=1e-9)
     numpy.testing.assert_allclose(ld_inv, -ld, atol=1e-9)
     numpy.testing.assert_allclose(ld, _fd_logdet(f, z), atol=1e-6)
+
+
+def test_radial_at_its_centre():
+    """At z = z0 (r = 0): x = z0, J_f = (1 + beta / alpha) I, log|det| = D log(1 + beta / alpha)."""
+    f = Radial(numpy.array([0.5, -0.2, 1.0]), numpy.array([0.7]), numpy.array([0.4]))
+    z = numpy.stack([f.z0, f.z0 + 0.3])
+    x, ld = f.forward(z)
+    numpy.testing.assert_array_equal(x[0], f.z0)
+    numpy.testing.assert_allclose(ld[0], 3 * math.log(1 + 0.4 / 0.7), rtol=1e-14)
+    numpy.testing.assert_allclose(jacobian(lambda v: f.forward(v)[0], z[:1])[0],
+                                  (1 + 0.4 / 0.7) * numpy.eye(3), rtol=1e-14)
+    z_back, ld_inv = f.inverse(x)
+    numpy.testing.assert_allclose(z_back, z, atol=1e-12)
+    numpy.testing.assert_allclose(ld_inv, -ld, atol=1e-12)
+    leaves, rebuild = partition(f)
+    for direction in ("forward", "inverse"):
+        def loss(p, v, d=direction):
+            out, log_det = getattr(rebuild(p), d)(v)
+            return anp.sum(out) + anp.sum(log_det)
+        for g in autograd.grad(loss)(leaves, z) + [autograd.grad(loss, 1)(leaves, z)]:
+            assert numpy.all(numpy.isfinite(g))
 
 
 def test_gradients_through_training_loss_and_estimators_are_finite():
