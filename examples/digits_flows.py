@@ -13,7 +13,7 @@ must beat it.
 
 Models (``forward`` is generative, z -> x):
 
-- NICE: 4 additive couplings on the flattened 64 pixels with NICE's odd/even masks, ReLU
+- NICE: 6 additive couplings on the flattened 64 pixels with NICE's odd/even masks, ReLU
   MLP conditioners, and the diagonal ``Scaling`` on top.
 - RealNVP: on (8, 8, 1) images; 3 checkerboard affine couplings, a squeeze to (4, 4, 4),
   3 channel-mask affine couplings, un-squeeze; ConvNet conditioners.
@@ -76,9 +76,11 @@ def preprocess(images, rng, copies: int = 1):
 
 
 def nice(rng) -> Flow:
+    # small conditioners: with (256, 256) the 1438 training images are memorised (test
+    # 2.77 bits/dim, worse than the Gaussian); (64, 64) x 6 layers generalises
     layers = [AdditiveCoupling.init(rng, D, split=alternating_mask(D, parity=k % 2),
-                                    hidden=(256, 256), activation="relu", zero_last=True)
-              for k in range(4)]
+                                    hidden=(64, 64), activation="relu", zero_last=True)
+              for k in range(6)]
     return Flow(StandardNormal(D), Compose(Scaling(B.ones(D)), *layers))
 
 
@@ -124,7 +126,7 @@ def to_images(t):
 
 
 def grid(images, rows: int = 6, cols: int = 6):
-    canvas = numpy.ones((rows * 9 + 1, cols * 9 + 1))
+    canvas = numpy.zeros((rows * 9 + 1, cols * 9 + 1))  # white borders under gray_r
     for k in range(rows * cols):
         r, c = divmod(k, cols)
         canvas[1 + 9 * r: 9 + 9 * r, 1 + 9 * c: 9 + 9 * c] = images[k]
@@ -144,7 +146,7 @@ def main(out: str, scale: float, seed: int, table: str | None) -> None:
     # (builder, event shape, data, steps, learning rate); a NICE step costs ~0.04 s of CPU,
     # a RealNVP or Glow step ~0.2 s (autograd's per-operation overhead dominates)
     models = {
-        "NICE": (lambda: nice(B.rng(seed + 10)), (D,), flat_train, 1500, 1e-3),
+        "NICE": (lambda: nice(B.rng(seed + 10)), (D,), flat_train, 1200, 1e-3),
         "RealNVP": (lambda: realnvp(B.rng(seed + 11)), SHAPE, t_train, 600, 2e-3),
         "Glow": (lambda: glow(B.rng(seed + 12), t_train[:512]), SHAPE, t_train, 600, 2e-3),
     }
