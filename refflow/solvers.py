@@ -23,7 +23,7 @@ from typing import Any
 
 import autograd.numpy as np
 from autograd import elementwise_grad, make_vjp
-from autograd.extend import defvjp_argnum, primitive
+from autograd.extend import defvjp_argnums, primitive
 from autograd.tracer import getval
 
 __all__ = [
@@ -380,25 +380,33 @@ def _residual_inverse(x, F, lipschitz, tol, max_iter, event_ndim, *params):
     return z
 
 
-def _residual_inverse_vjp(argnum, z, args, kwargs):
+def _residual_inverse_vjp(argnums, z, args, kwargs):
     _, F, lipschitz, tol, max_iter, event_ndim, *params = args
 
     def vjp(v):
         # IFT on z + F(z) = x: the cotangent u = (I + J_F)^{-T} v solves u = v - J_F^T u, a
         # contraction with the same L (||J_F^T|| = ||J_F||), so the same iteration applies.
+        # One adjoint solve serves x and every parameter.
         vjp_z, _ = make_vjp(lambda zz: F(zz, *params))(z)
         u, _ = fixed_point(lambda u: v - vjp_z(u), v, lipschitz=lipschitz, tol=tol,
                            max_iter=max_iter, event_ndim=event_ndim)
-        if argnum == 0:
-            return u
-        i = argnum - 6
-        vjp_p, _ = make_vjp(lambda p: F(z, *params[:i], p, *params[i + 1:]))(params[i])
-        return -vjp_p(u)
+        wanted = [i - 6 for i in argnums if i != 0]
+        if wanted:
+            # one reverse pass of F for all differentiated parameters together
+            def F_of(chosen):
+                full = list(params)
+                for i, p in zip(wanted, chosen):
+                    full[i] = p
+                return F(z, *full)
+
+            vjp_p, _ = make_vjp(F_of)(tuple(params[i] for i in wanted))
+            grads = iter(vjp_p(u))
+        return tuple(u if i == 0 else -next(grads) for i in argnums)
 
     return vjp
 
 
-defvjp_argnum(_residual_inverse, _residual_inverse_vjp)
+defvjp_argnums(_residual_inverse, _residual_inverse_vjp)
 
 
 def invert_residual(
@@ -441,7 +449,8 @@ def invert_residual(
 
     Exact first-order gradients for x and every array in ``params``; second derivatives are not
     supported. Needs Lip(F) <= L < 1. Cost: forward one fixed-point solve; backward one
-    adjoint fixed-point solve (each step one VJP of F) per differentiated argument.
+    adjoint fixed-point solve (each step one VJP of F) shared by all differentiated
+    arguments, then one VJP of F for all parameters together.
 
     References
     ----------

@@ -226,6 +226,42 @@ def test_residual_inverse_and_its_gradients_match_finite_differences():
         assert numpy.allclose(grad(loss, argnum)(x, w, c), central_difference(f, arg), atol=1e-6)
 
 
+def test_residual_inverse_gradient_solves_the_adjoint_once(monkeypatch):
+    """One forward solve and one adjoint solve, however many arguments take gradients."""
+    from refflow import solvers
+
+    rng = numpy.random.default_rng(1)
+    d, lip = 3, 0.9
+    ws = [contraction(rng, d, 0.9 ** (1 / 3)) for _ in range(3)]
+    bs = [0.3 * rng.standard_normal(d) for _ in range(3)]
+    x, v = rng.standard_normal((5, d)), rng.standard_normal((5, d))
+
+    def mlp(z, *params):                      # 3 layers, Lip <= 0.9
+        for w, b in zip(params[:3], params[3:]):
+            z = anp.tanh(z @ w + b)
+        return z
+
+    def loss(x, *params):
+        return anp.sum(v * invert_residual(mlp, x, *params, lipschitz=lip, tol=1e-12))
+
+    calls = []
+    original = solvers.fixed_point
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(solvers, "fixed_point", counting)
+    args = [x] + ws + bs
+    grads = grad(loss, tuple(range(7)))(*args)
+    assert len(calls) == 2
+    monkeypatch.setattr(solvers, "fixed_point", original)
+    for i, (g, arg) in enumerate(zip(grads, args)):
+        def f(a, i=i):
+            return loss(*(args[:i] + [a] + args[i + 1:]))
+        assert numpy.allclose(g, central_difference(f, arg), atol=1e-6)
+
+
 # ----------------------------------------------------------------- strict stand-in array
 
 
