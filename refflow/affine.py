@@ -296,17 +296,22 @@ class LUAffine:
     L : array, shape (D, D)
         Unit lower-triangular ("unit_lower" constraint: ones on the diagonal, zeros above).
     U : array, shape (D, D)
-        Strictly upper-triangular ("upper" constraint; zeros on and below the diagonal; the
-        diagonal of the upper factor is ``d``).
+        Strictly upper-triangular ("strict_upper" constraint: zeros on and below the diagonal;
+        the diagonal of the upper factor is ``d``).
     d : array, shape (D,)
         Positive diagonal of the upper factor ("positive" constraint, trained as log d).
     b : array, shape (D,)
 
     Notes
     -----
-    Lecture: "Constructing flows", affine flows: a general A = P L U (any invertible matrix
-    has such a factorisation, with d_i = |u_ii| after moving signs into P L), stored through
-    its triangular factors so that it costs what the lecture's triangular case costs.
+    Lecture: "Constructing flows", affine flows: A = P L U stored through its triangular
+    factors, so that it costs what the lecture's triangular case costs. With a fixed P, unit L
+    and positive d this covers exactly the A for which P^T A has positive leading principal
+    minors (an LU factorisation without pivoting with positive pivots), so det A has the sign
+    of det P; not every invertible matrix: A = -I for D = 2 is covered by neither
+    permutation (P = I gives the minor -1, the swap the minor 0). A static sign vector s,
+    A = P L (U + diag(s d)) as in Glow's LU 1x1 convolution, would cover every invertible
+    matrix for a suitable P; refflow keeps the lecture's positive form here.
 
     .. math::
 
@@ -316,8 +321,7 @@ class LUAffine:
 
     with U's diagonal d > 0 and L's diagonal ones: det A = det P * prod_i d_i != 0 for every
     parameter value, so no gradient step can make A singular. Cost: O(D) log-det, O(D^2) per
-    sample both ways (two triangular substitutions for the inverse). Only the strictly upper
-    part of ``U`` is read, so its unconstrained diagonal receives no gradient.
+    sample both ways (two triangular substitutions for the inverse).
 
     References
     ----------
@@ -341,7 +345,7 @@ class LUAffine:
 
     perm: Any = field(metadata={"static": True})
     L: Any = field(metadata={"constraint": "unit_lower"})
-    U: Any = field(metadata={"constraint": "upper"})
+    U: Any = field(metadata={"constraint": "strict_upper"})
     d: Any = field(metadata={"constraint": "positive"})
     b: Any
 
@@ -374,8 +378,7 @@ class LUAffine:
         return cls(rng.permutation(dim), L, U, d, 0.5 * rng.standard_normal(dim))
 
     def _upper(self):
-        # rebuild keeps triu(U), diagonal included: reading only triu(U, 1) keeps d the diagonal
-        return np.triu(self.U, 1) + B.eye_like(self.U) * self.d
+        return self.U + B.eye_like(self.U) * self.d
 
     def forward(self, z):
         _check_event("z", z, self.b.shape[-1])

@@ -46,6 +46,7 @@ CONSTRAINTS: dict[str, tuple[Callable, Callable]] = {
     "unit_lower": (lambda x: x, _unit_lower),
     "lower": (lambda x: x, lambda u: np.tril(u)),
     "upper": (lambda x: x, lambda u: np.triu(u)),
+    "strict_upper": (lambda x: x, lambda u: np.triu(u, 1)),
 }
 
 

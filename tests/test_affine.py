@@ -109,13 +109,26 @@ def test_lu_affine_stays_invertible_for_any_unconstrained_parameters(seed, dim):
     rng = B.rng(seed)
     leaves, rebuild = partition(LUAffine.init(rng, dim))
     f = rebuild([2.0 * rng.standard_normal(leaf.shape) for leaf in leaves])
-    L, U, d = host(f.L), numpy.triu(host(f.U), 1), host(f.d)
+    L, U, d = host(f.L), host(f.U), host(f.d)
     numpy.testing.assert_array_equal(numpy.diag(L), numpy.ones(dim))
+    # U is rebuilt strictly upper: no parameter on its diagonal that nothing reads
+    numpy.testing.assert_array_equal(numpy.tril(U), numpy.zeros((dim, dim)))
+    LUAffine(f.perm, f.L, f.U, f.d, f.b)                   # the constructor accepts it
     assert numpy.all(d > 0)
     A = permutation_matrix(f.perm) @ L @ (U + numpy.diag(d))
     z = rng.standard_normal((3, dim))
     close(f.forward(z)[1], numpy.full(3, numpy.linalg.slogdet(A)[1]), atol=1e-9)
     close(f.inverse(f.forward(z)[0])[0], z, atol=1e-6, rtol=1e-6)
+
+
+def test_lu_affine_does_not_cover_every_invertible_matrix():
+    """P L (U + diag d) needs P^T A to have positive leading principal minors: -I (D = 2)
+    fails for both permutations, so no LUAffine represents it (as its docstring says)."""
+    A = -numpy.eye(2)
+    for perm in ([0, 1], [1, 0]):
+        minors = [numpy.linalg.det((permutation_matrix(numpy.array(perm)).T @ A)[:k, :k])
+                  for k in (1, 2)]
+        assert min(minors) <= 0
 
 
 def test_diagonal_and_permutations_equal_affine_with_their_matrix():
