@@ -330,7 +330,7 @@ class MAF(_Autoregressive):
     """
 
     def forward(self, z):
-        check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None))
+        check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
         x = np.zeros_like(z)
         # after pass k the first k coordinates (in the order) are exact; theta_D then depends
         # on exact values only, so the last pass also gives the exact log-det
@@ -339,7 +339,7 @@ class MAF(_Autoregressive):
         return x, log_det
 
     def inverse(self, x):
-        check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None))
+        check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
         return self._h(self.made(x)).inverse(x)
 
 
@@ -391,11 +391,11 @@ class IAF(_Autoregressive):
     """
 
     def forward(self, z):
-        check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None))
+        check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
         return self._h(self.made(z)).forward(z)
 
     def inverse(self, x):
-        check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None))
+        check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
         z = np.zeros_like(x)
         for _ in range(x.shape[-1]):
             z, log_det = self._h(self.made(z)).inverse(x)
@@ -510,7 +510,7 @@ class SlowMAF:
         return self.theta_first + np.zeros_like(y[..., :1])  # (..., P)
 
     def forward(self, z):
-        check_array("z", z, min_ndim=1, last=self.dim)
+        check_array("z", z, min_ndim=1, last=self.dim, finite=False)
         columns, log_det = [], 0.0
         for i in range(self.dim):
             # each network must wait for the coordinates before it: D sequential evaluations
@@ -522,7 +522,7 @@ class SlowMAF:
         return np.concatenate(columns, axis=-1), log_det
 
     def inverse(self, x):
-        check_array("x", x, min_ndim=1, last=self.dim)
+        check_array("x", x, min_ndim=1, last=self.dim, finite=False)
         thetas = [self._theta_first(x)] + [net(x[..., :i]) for i, net in
                                            enumerate(self.nets, start=1)]
         return self._h(np.stack(thetas, axis=-2)).inverse(x)  # theta (..., D, P)

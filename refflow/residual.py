@@ -277,11 +277,11 @@ class ContractiveResidual:
         return np.reshape(out, z.shape[:-1])
 
     def forward(self, z):
-        check_array("z", z, min_ndim=1, last=self.dim)
+        check_array("z", z, min_ndim=1, last=self.dim, finite=False)
         return np.add(self.residual(z), z), self._log_det(z)
 
     def inverse(self, x):
-        check_array("x", x, min_ndim=1, last=self.dim)
+        check_array("x", x, min_ndim=1, last=self.dim, finite=False)
         act = ACTIVATIONS[self.activation][0]
         n = len(self.weights)
 
@@ -396,11 +396,11 @@ class LowRankResidual:
         return logabsdet_lowrank(np.transpose(V), J1)
 
     def forward(self, z):
-        check_array("z", z, min_ndim=1, last=self.dim)
+        check_array("z", z, min_ndim=1, last=self.dim, finite=False)
         return np.add(self.residual(z), z), self._log_det(z)
 
     def inverse(self, x):
-        check_array("x", x, min_ndim=1, last=self.dim)
+        check_array("x", x, min_ndim=1, last=self.dim, finite=False)
         z = invert_residual(self._F, x, _normalise(self.W, self.coeff), self.b,
                             _normalise(self.V, self.coeff), self.shift,
                             lipschitz=self.lipschitz, tol=self.tol, max_iter=self.max_iter)
@@ -514,14 +514,14 @@ class Planar:
         return np.sum(np.multiply(self.w, self.v))
 
     def forward(self, z):
-        check_array("z", z, min_ndim=1, last=self.w.shape[0])
+        check_array("z", z, min_ndim=1, last=self.w.shape[0], finite=False)
         a = np.add(np.sum(np.multiply(z, self.w), axis=-1), self.b)  # (...,)
         t = np.tanh(a)
         x = np.add(z, t[..., None] * self.v)
         return x, np.log1p(np.multiply(self._wv(), 1 - t * t))
 
     def inverse(self, x):
-        check_array("x", x, min_ndim=1, last=self.w.shape[0])
+        check_array("x", x, min_ndim=1, last=self.w.shape[0], finite=False)
         wv = self._wv()
         target = np.add(np.sum(np.multiply(x, self.w), axis=-1), self.b)  # (...,) = h(a)
         radius = np.abs(wv) + 1.0  # |h(a) - a| <= |w . v|, so a lies within this of target
@@ -629,14 +629,14 @@ class Radial:
         return (self.z0.shape[0] - 1) * np.log1p(bh) + np.log1p(np.multiply(bh, h) * self.alpha)
 
     def forward(self, z):
-        check_array("z", z, min_ndim=1, last=self.z0.shape[0])
+        check_array("z", z, min_ndim=1, last=self.z0.shape[0], finite=False)
         d = np.subtract(z, self.z0)
         r = self._norm(d)  # (...,)
         x = np.add(z, np.divide(self.beta, np.add(r, self.alpha))[..., None] * d)
         return x, self._log_det(r)
 
     def inverse(self, x):
-        check_array("x", x, min_ndim=1, last=self.z0.shape[0])
+        check_array("x", x, min_ndim=1, last=self.z0.shape[0], finite=False)
         d = np.subtract(x, self.z0)
         rho = self._norm(d)  # (...,) = g(r)
         alpha, beta = self.alpha, self.beta
@@ -712,7 +712,7 @@ def logdet_estimate(block: Any, z: Any, method: str = "hutchinson", terms: int =
         raise ValueError("block: expected a contractive residual block (residual, dim, "
                          f"lipschitz), got {type(block).__name__}")
     terms, probes = check_int("terms", terms), check_int("probes", probes)
-    check_array("z", z, min_ndim=1, last=block.dim)
+    check_array("z", z, min_ndim=1, last=block.dim, finite=False)
     z2 = _rows(z, block.dim)
     if method in ("exact", "series"):
         J = jacobian(block.residual, z2)

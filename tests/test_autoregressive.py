@@ -231,3 +231,19 @@ def test_short_training_on_the_maf_toy_lowers_the_nll():
     # entropy 3.531 nats is the floor; a start near N(0, I) sits far above it
     assert after < before - 1.0, (before, after)
     assert after < 3.9, after
+
+
+def test_forward_and_inverse_do_not_copy_the_batch_for_a_finiteness_check(monkeypatch):
+    """check_finite brings the batch to the host (a device sync per step in training); the
+    bijections only check shapes and let NaN propagate."""
+    from refflow import checks
+
+    flows = [cls.init(B.rng(0), 3, hidden=(8,)) for cls in (MAF, IAF, SlowMAF)]
+    z = B.rng(8).standard_normal((4, 3))
+    calls = []
+    monkeypatch.setattr(checks, "check_finite", lambda name, x: calls.append(name) or x)
+    for f in flows:
+        f.inverse(f.forward(z)[0])
+        with pytest.raises(ValueError, match="z"):
+            f.forward(numpy.zeros((2, 4)))
+    assert calls == []

@@ -320,3 +320,21 @@ def test_bad_input_raises_value_error():
         Radial(numpy.zeros(2), numpy.array([1.0]), numpy.array([-1.0]))
     with pytest.raises(ValueError, match="alpha"):
         Radial(numpy.zeros(2), numpy.array([-1.0]), numpy.array([0.0]))
+
+
+def test_forward_and_inverse_do_not_copy_the_batch_for_a_finiteness_check(monkeypatch):
+    """check_finite brings the batch to the host (a device sync per step in training); the
+    bijections only check shapes and let NaN propagate."""
+    from refflow import checks
+
+    flows = (_block(dim=3, hidden=(8,)), LowRankResidual.init(B.rng(1), 3),
+             Planar.init(B.rng(2), 3), Radial.init(B.rng(3), 3))
+    z = B.rng(8).standard_normal((4, 3))
+    calls = []
+    monkeypatch.setattr(checks, "check_finite", lambda name, x: calls.append(name) or x)
+    for f in flows:
+        f.inverse(f.forward(z)[0])
+        with pytest.raises(ValueError, match="z"):
+            f.forward(numpy.zeros((2, 4)))
+    logdet_estimate(flows[0], z, "series", terms=3)
+    assert calls == []
