@@ -48,6 +48,7 @@ from autograd.tracer import getval
 from refflow.backend import to_numpy
 from refflow.checks import check_array, check_int, check_positive
 from refflow.fused import bin_index, cumsum_last, max_last, sum_last, take_bin
+from refflow.nn import sigmoid, softplus, softplus_inverse
 from refflow.solvers import invert_increasing
 
 __all__ = [
@@ -66,19 +67,6 @@ MIN_DERIVATIVE = 1e-3  # smallest spline knot derivative
 # |c| k d / a <= 1 - PERTURBATION_MARGIN: tanh(t_c) rounds to 1 for t_c >= ~19 (float64), ~9
 # (float32), which without a margin would put h' = 0 at u = 1 / sqrt(3) and log h' = -inf
 PERTURBATION_MARGIN = 1e-3
-
-
-def _sigmoid(t):
-    return 0.5 * (np.tanh(0.5 * t) + 1.0)
-
-
-def _softplus(t):
-    return np.logaddexp(t, 0.0)
-
-
-def _softplus_inverse(y):
-    # log(expm1(y)) written so that it neither overflows for large y nor cancels for small y
-    return y + np.log(-np.expm1(-y))
 
 
 def _check_bins(bins: int) -> int:
@@ -449,7 +437,7 @@ class Monotone(_Elementwise):
                             np.log(self.w), np.log(self.u), self.v])
 
     def _forward(self, z):
-        s = _sigmoid(z[..., None] * self.u + self.v)                    # (..., D, H)
+        s = sigmoid(z[..., None] * self.u + self.v)                    # (..., D, H)
         x = self.alpha * z + self.beta + np.sum(self.w * s, axis=-1)
         return x, np.log(self.alpha + np.sum(self.w * self.u * s * (1.0 - s), axis=-1))
 
@@ -755,7 +743,7 @@ class RationalQuadraticSpline(_Elementwise):
             e = np.exp(logits - max_last(logits))
             return 2.0 * bound * (MIN_BIN + (1.0 - k * MIN_BIN) * e / sum_last(e))
 
-        deriv = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * _softplus(t_d) / math.log(2.0)
+        deriv = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * softplus(t_d) / math.log(2.0)
         return _build(cls, widths=bins_of(t_w), heights=bins_of(t_h), derivatives=deriv,
                       bound=float(bound))
 
@@ -766,7 +754,7 @@ class RationalQuadraticSpline(_Elementwise):
         def logits_of(sizes):
             return np.log((sizes / (2.0 * self.bound) - MIN_BIN) / (1.0 - k * MIN_BIN))
 
-        t_d = _softplus_inverse((self.derivatives - MIN_DERIVATIVE) * math.log(2.0)
+        t_d = softplus_inverse((self.derivatives - MIN_DERIVATIVE) * math.log(2.0)
                                 / (1.0 - MIN_DERIVATIVE))
         return _stack_last([logits_of(self.widths), logits_of(self.heights), t_d])
 

@@ -29,18 +29,40 @@ import autograd.numpy as np
 
 from refflow.checks import check_int
 
-__all__ = ["MLP", "MaskedMLP", "Conv2d", "ConvNet", "ACTIVATIONS", "activation"]
+__all__ = ["MLP", "MaskedMLP", "Conv2d", "ConvNet", "ACTIVATIONS", "activation", "sigmoid",
+           "softplus", "softplus_inverse"]
 
 
 def _relu(x):
     return np.maximum(x, 0.0)
 
 
-def _softplus(x):
+def softplus(x):
+    r"""Softplus log(1 + exp(x)), computed as logaddexp(x, 0): no overflow for large x.
+
+    >>> round(float(softplus(0.0)), 12), float(softplus(1000.0))
+    (0.69314718056, 1000.0)
+    """
     return np.logaddexp(x, 0.0)
 
 
-def _sigmoid(x):
+def softplus_inverse(y):
+    r"""Inverse softplus log(exp(y) - 1) for y > 0, as y + log(-expm1(-y)).
+
+    Written so that it neither overflows for large y nor cancels for small y.
+
+    >>> bool(abs(softplus(softplus_inverse(1e-8)) - 1e-8) < 1e-20), float(softplus_inverse(800.0))
+    (True, 800.0)
+    """
+    return y + np.log(-np.expm1(-y))
+
+
+def sigmoid(x):
+    r"""Logistic sigmoid 1 / (1 + exp(-x)), as (tanh(x / 2) + 1) / 2: no overflow for any x.
+
+    >>> float(sigmoid(0.0)), float(sigmoid(-1000.0)), float(sigmoid(1000.0))
+    (0.5, 0.0, 1.0)
+    """
     return 0.5 * (np.tanh(0.5 * x) + 1.0)
 
 
@@ -51,8 +73,8 @@ def _elu(x):
 ACTIVATIONS = {
     "tanh": np.tanh,
     "relu": _relu,
-    "softplus": _softplus,
-    "sigmoid": _sigmoid,
+    "softplus": softplus,
+    "sigmoid": sigmoid,
     "elu": _elu,
     "identity": lambda x: x,
 }

@@ -48,6 +48,7 @@ from refflow.checks import check_array, check_int
 from refflow.jacobian import jacobian
 from refflow.linalg import logabsdet_lowrank, slogdet
 from refflow.nn import activation as _nn_activation
+from refflow.nn import sigmoid, softplus, softplus_inverse
 from refflow.solvers import invert_increasing, invert_residual
 
 __all__ = ["ContractiveResidual", "LowRankResidual", "Planar", "Radial", "logdet_estimate"]
@@ -55,17 +56,13 @@ __all__ = ["ContractiveResidual", "LowRankResidual", "Planar", "Radial", "logdet
 _SQUARINGS = 6  # the certified norm bound overestimates sigma_1 by at most r^(1/256)
 
 
-def _sigmoid(x):
-    return 0.5 * np.tanh(0.5 * x) + 0.5
-
-
 def _lipswish(x):
     # max slope of x sigmoid(x) is 1.0998 (at x ~ 2.4): dividing by 1.1 makes it 1-Lipschitz
-    return np.multiply(x, _sigmoid(x)) / 1.1
+    return np.multiply(x, sigmoid(x)) / 1.1
 
 
 def _dlipswish(x):
-    s = _sigmoid(x)
+    s = sigmoid(x)
     return (s + x * s * (1 - s)) / 1.1
 
 
@@ -369,7 +366,7 @@ class LowRankResidual:
         W = rng.standard_normal((dim, rank), dtype=dtype) / math.sqrt(dim)
         V = rng.standard_normal((rank, dim), dtype=dtype) / math.sqrt(rank)
         b = 0.1 * rng.standard_normal((rank,), dtype=dtype)
-        return cls(W, b, V, 0.0 * rng.standard_normal((dim,), dtype=dtype), coeff, activation)
+        return cls(W, b, V, np.zeros_like(W, shape=(dim,)), coeff, activation)
 
     @property
     def dim(self) -> int:
@@ -407,15 +404,6 @@ class LowRankResidual:
         return z, -self._log_det(z)
 
 
-def _softplus(x):
-    return np.logaddexp(x, 0.0)
-
-
-def _softplus_inverse(y):
-    # log(expm1(y)) for y > 0, written to neither overflow (large y) nor cancel (small y)
-    return y + np.log(-np.expm1(-y))
-
-
 def _u_hat(w, u):
     r"""Rezende & Mohamed's reparameterisation: u + (m(w.u) - w.u) w / |w|^2, m = -1 + softplus.
 
@@ -423,7 +411,7 @@ def _u_hat(w, u):
     |w| (a bug in several libraries) gives w . u_hat = w.u + (m - w.u) |w|, which can be < -1.
     """
     wu = np.sum(np.multiply(w, u))
-    return np.add(u, (-1.0 + _softplus(wu) - wu) / np.sum(w * w) * w)
+    return np.add(u, (-1.0 + softplus(wu) - wu) / np.sum(w * w) * w)
 
 
 @dataclass(frozen=True, eq=False)
@@ -497,7 +485,7 @@ class Planar:
     def to_unconstrained(self):
         """theta = (w, u, b) with u_hat(w, u) = v: u = v + (m^{-1}(w.v) - w.v) w / |w|^2."""
         wv = np.sum(self.w * self.v)
-        u = self.v + (_softplus_inverse(wv + 1.0) - wv) / np.sum(self.w * self.w) * self.w
+        u = self.v + (softplus_inverse(wv + 1.0) - wv) / np.sum(self.w * self.w) * self.w
         return np.concatenate([self.w, u, self.b])
 
     @classmethod
@@ -597,12 +585,12 @@ class Radial:
         """z0 ~ N(0, I), log alpha ~ N(0, 0.5^2), beta = -alpha + softplus(N(0, 1))."""
         z0 = rng.standard_normal((check_int("dim", dim),), dtype=dtype)
         alpha = np.exp(0.5 * rng.standard_normal((1,), dtype=dtype))
-        return cls(z0, alpha, _softplus(rng.standard_normal((1,), dtype=dtype)) - alpha)
+        return cls(z0, alpha, softplus(rng.standard_normal((1,), dtype=dtype)) - alpha)
 
     def to_unconstrained(self):
         """theta = (z0, log alpha, softplus^{-1}(alpha + beta))."""
         return np.concatenate([self.z0, np.log(self.alpha),
-                               _softplus_inverse(self.alpha + self.beta)])
+                               softplus_inverse(self.alpha + self.beta)])
 
     @classmethod
     def from_unconstrained(cls, theta) -> Radial:
@@ -611,7 +599,7 @@ class Radial:
         alpha = np.exp(theta[dim:dim + 1])
         new = object.__new__(cls)  # no validation: theta may be traced, the map is valid
         for name, value in (("z0", theta[:dim]), ("alpha", alpha),
-                            ("beta", _softplus(theta[dim + 1:]) - alpha)):
+                            ("beta", softplus(theta[dim + 1:]) - alpha)):
             object.__setattr__(new, name, value)
         return new
 

@@ -418,6 +418,22 @@ def test_spline_rejects_more_bins_than_the_minimum_width_allows(monkeypatch):
         RationalQuadraticSpline.from_unconstrained(numpy.zeros((1, 3 * 4 - 1)))
 
 
+def test_one_shared_definition_of_the_scalar_helpers():
+    """sigmoid, softplus and its inverse live in refflow.nn; checked against closed forms."""
+    from refflow import nn, residual
+
+    for name in ("sigmoid", "softplus", "softplus_inverse"):
+        assert getattr(elementwise, name) is getattr(residual, name) is getattr(nn, name)
+        assert not hasattr(elementwise, "_" + name) and not hasattr(residual, "_" + name)
+    assert nn.ACTIVATIONS["sigmoid"] is nn.sigmoid and nn.ACTIVATIONS["softplus"] is nn.softplus
+    t = numpy.linspace(-30.0, 30.0, 61)
+    # (tanh(t/2) + 1) / 2 is accurate in absolute, not relative, terms for t << 0
+    numpy.testing.assert_allclose(nn.sigmoid(t), 1.0 / (1.0 + numpy.exp(-t)), atol=1e-16)
+    numpy.testing.assert_allclose(nn.softplus(t), numpy.log1p(numpy.exp(t)), rtol=1e-13)
+    y = numpy.geomspace(1e-10, 700.0, 50)
+    numpy.testing.assert_allclose(nn.softplus(nn.softplus_inverse(y)), y, rtol=1e-13)
+
+
 def test_float32_spline_round_trip_on_knots():
     f = random_transformer(RationalQuadraticSpline, 2, 3, scale=1.5)
     theta = f.to_unconstrained().astype(numpy.float32)

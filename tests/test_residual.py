@@ -338,3 +338,12 @@ def test_forward_and_inverse_do_not_copy_the_batch_for_a_finiteness_check(monkey
             f.forward(numpy.zeros((2, 4)))
     logdet_estimate(flows[0], z, "series", terms=3)
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+def test_low_rank_init_shift_is_an_exact_zero(dtype):
+    """Zero biases are zeros, not 0 * noise (which gives -0.0 for negative draws)."""
+    f = LowRankResidual.init(B.rng(4), 8, rank=2, dtype=dtype)
+    shift = B.to_numpy(f.shift)
+    assert shift.dtype == dtype and shift.shape == (8,)
+    assert not numpy.any(numpy.signbit(shift)) and not numpy.any(shift)
