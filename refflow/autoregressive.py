@@ -65,7 +65,9 @@ class _LectureAffine:
     r"""The lecture's MAF transformer x = z exp(alpha) + mu, theta = (mu, alpha) unconstrained.
 
     Private: the default transformer of ``MAF``, ``IAF`` and ``SlowMAF``; only ever built from
-    a conditioner's output by ``from_unconstrained``.
+    a conditioner's output by ``from_unconstrained``. It is ``elementwise.ScalarAffine`` with
+    theta reordered ((log a, b) there); kept so that MAF reads exactly as the lecture writes
+    it, theta_i = (mu_i, alpha_i) and log|det J| = sum_i alpha_i (not log exp alpha_i).
     """
 
     P = 2

@@ -247,3 +247,16 @@ def test_forward_and_inverse_do_not_copy_the_batch_for_a_finiteness_check(monkey
         with pytest.raises(ValueError, match="z"):
             f.forward(numpy.zeros((2, 4)))
     assert calls == []
+
+
+def test_default_transformer_is_scalar_affine_with_theta_reordered():
+    """The lecture's (mu, alpha) affine map equals ScalarAffine on theta = (alpha, mu)."""
+    from refflow.elementwise import ScalarAffine
+
+    made = MADE.init(B.rng(2), 3, hidden=(8,), outputs_per_dim=2)
+    z = B.rng(3).standard_normal((4, 3))
+    x, ld = MAF(made).forward(z)
+    swapped = MAF(lambda v: made(v)[..., ::-1], ScalarAffine)
+    x2, ld2 = swapped.forward(z)
+    numpy.testing.assert_allclose(B.to_numpy(x2), B.to_numpy(x), atol=1e-13)
+    numpy.testing.assert_allclose(B.to_numpy(ld2), B.to_numpy(ld), atol=1e-13)
