@@ -8,8 +8,9 @@ GPU. What this module adds:
 1. the choice of backend (``set_backend("cupy")`` or ``REFFLOW_BACKEND=cupy``);
 2. array creation on the current backend (``asarray``, ``zeros``, ``rng(seed)``, ...);
 3. autograd support for array types other than ``numpy.ndarray``: a Box and a vector space
-   are registered for them, and eight autograd 1.9.1 internals that build NumPy arrays on
-   the host are replaced by versions that build arrays of the input's own type. The
+   are registered for them, and nine autograd 1.9.1 internals that build NumPy arrays on
+   the host are replaced by versions that build arrays of the input's own type (and one that
+   kept float32 gradients from turning float64). The
    replacements give identical numbers on NumPy, so they are installed on both backends and
    CPU CI runs the same VJP code as the GPU (see ``docs/gpu.md``).
 
@@ -408,8 +409,18 @@ def _trace_vjp(ans, x, offset=0):
     return lambda g: eye_like(x, x.shape[0])[(...,) + (None,) * (len(x.shape) - 2)] * g
 
 
+# 8. the VJPs of maximum/minimum weight g by a float64 ratio: float32 gradients became float64.
+def balanced_eq(x, z, y):
+    out = (x == z) / (1.0 + (x == y))
+    dtype = getattr(z, "dtype", None)
+    if dtype is None or dtype.kind not in "fc":
+        return out
+    return out.astype(dtype, copy=False)
+
+
 def _install_patches() -> dict[str, bool]:
     _vjps.repeat_to_match_shape = repeat_to_match_shape
+    _vjps.balanced_eq = balanced_eq
     replacements = (
         (_vjps, "untake", untake),
         (_wrapper, "concatenate_args", concatenate_args),
@@ -439,6 +450,7 @@ PATCHED = (
     "vjp of where",
     "numpy_vjps.dot_adjoint_0/1",
     "vjp of trace",
+    "numpy_vjps.balanced_eq",
 )
 
 
@@ -453,6 +465,7 @@ def patches_installed() -> dict[str, bool]:
         PATCHED[5]: _is_our_vjp(_anp._original_where, _where_vjp_x),
         PATCHED[6]: _vjps.dot_adjoint_0 is dot_adjoint_0 and _vjps.dot_adjoint_1 is dot_adjoint_1,
         PATCHED[7]: _is_our_vjp(_wrapper.trace, _trace_vjp),
+        PATCHED[8]: _vjps.balanced_eq is balanced_eq,
     }
 
 

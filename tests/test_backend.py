@@ -69,6 +69,10 @@ def test_float32_gradient_stays_float32():
     x = numpy.array([0.3, -1.2, 2.0], dtype=numpy.float32)
     g = autograd.grad(lambda v: anp.sum(anp.tanh(v) ** 2) / v.shape[0])(x)
     assert g.dtype == numpy.float32
+    # stock autograd 1.9.1 returns float64 here (its maximum/minimum VJP divides by 1.0 + bool)
+    g = autograd.grad(lambda v: anp.sum(anp.maximum(v, 0.0) + anp.minimum(v, 1.0)))(x)
+    assert g.dtype == numpy.float32
+    numpy.testing.assert_array_equal(g, [2.0, 1.0, 1.0])
 
 
 def test_eye_like_follows_the_array_type():
