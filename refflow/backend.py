@@ -8,11 +8,11 @@ GPU. What this module adds:
 1. the choice of backend (``set_backend("cupy")`` or ``REFFLOW_BACKEND=cupy``);
 2. array creation on the current backend (``asarray``, ``zeros``, ``rng(seed)``, ...);
 3. autograd support for array types other than ``numpy.ndarray``: a Box and a vector space
-   are registered for them, and nine autograd 1.9.1 internals that build NumPy arrays on
-   the host are replaced by versions that build arrays of the input's own type (and one that
-   kept float32 gradients from turning float64). The
-   replacements give identical numbers on NumPy, so they are installed on both backends and
-   CPU CI runs the same VJP code as the GPU (see ``docs/gpu.md``).
+   are registered for them, eight autograd 1.9.1 internals that build NumPy arrays on the
+   host are replaced by versions that build arrays of the input's own type, and a ninth keeps
+   float32 gradients of maximum/minimum in float32. The replacements give identical numbers
+   on NumPy, so they are installed on both backends and CPU CI runs the same VJP code as the
+   GPU (see ``docs/gpu.md``).
 
 Notes
 -----

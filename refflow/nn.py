@@ -93,7 +93,7 @@ def _init_layers(rng, sizes, zero_last, dtype):
         last = i == len(sizes) - 2
         scale = 0.0 if (last and zero_last) else 1.0 / math.sqrt(fan_in)
         weights.append(scale * rng.standard_normal((fan_in, fan_out), dtype=dtype))
-        biases.append(0.0 * rng.standard_normal((fan_out,), dtype=dtype))
+        biases.append(np.zeros_like(weights[-1], shape=(fan_out,)))
     return tuple(weights), tuple(biases)
 
 
@@ -201,7 +201,7 @@ def _init_conv(rng, c_in: int, c_out: int, kernel_size: int, zero: bool, dtype: 
     fan_in = kernel_size * kernel_size * c_in
     scale = 0.0 if zero else 1.0 / math.sqrt(fan_in)
     weight = scale * rng.standard_normal((kernel_size, kernel_size, c_in, c_out), dtype=dtype)
-    return weight, 0.0 * rng.standard_normal((c_out,), dtype=dtype)
+    return weight, np.zeros_like(weight, shape=(c_out,))
 
 
 @dataclass(frozen=True, eq=False)
