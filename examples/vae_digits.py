@@ -22,8 +22,9 @@ Reported on the 359 test images: the test ELBO (10 samples per image) and the
 importance-weighted estimate log p(x) ~ log (1/S) sum_s p(x, z_s) / q(z_s | x), S = 500
 (Burda et al. 2016), a tighter lower bound that is consistent as S grows.
 
-Budget: ``--steps 4000`` (default) takes about 1.5 minutes per posterior on 2 cores;
-``--steps 200`` is a smoke test. Results: docs/results_vi.md.
+Budget: ``--steps 4000`` (default) took 70 s (Gaussian) and 274 s (IAF) wall on the shared
+2-core development machine (load 5-10), evaluation included; ``--steps 200`` is a smoke
+test. Results: docs/results_vi.md.
 
 References
 ----------
