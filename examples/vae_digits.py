@@ -22,9 +22,9 @@ Reported on the 359 test images: the test ELBO (10 samples per image) and the
 importance-weighted estimate log p(x) ~ log (1/S) sum_s p(x, z_s) / q(z_s | x), S = 500
 (Burda et al. 2016), a tighter lower bound that is consistent as S grows.
 
-Budget: ``--steps 4000`` (default) took 70 s (Gaussian) and 274 s (IAF) wall on the shared
-2-core development machine (load 5-10), evaluation included; ``--steps 200`` is a smoke
-test. Results: docs/results_vi.md.
+Budget: ``--steps 4000`` (default) takes 17 s (Gaussian) and 28 s (IAF) on an idle 2-core
+machine, evaluation included (70 s and 274 s under a load of 5-10); ``--steps 200`` is a
+smoke test. Results: docs/results_vi.md.
 
 References
 ----------

@@ -73,7 +73,7 @@ def _c(name, section, cost, build, event_shape=(D,)):
 
 
 _FBM, _AFF, _EW = "Flow-based Models", "Affine flows", "Element-wise flows"
-_CPL, _GLOW, _AR = "Coupling flows", "Coupling flows: Glow", "Autoregressive flows"
+_CPL, _GLOW, _AR = "Coupling flows", "Glow", "Autoregressive flows"
 _RES = "Residual flows"
 
 CONSTRUCTS: tuple[Construct, ...] = (
