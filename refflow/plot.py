@@ -154,7 +154,7 @@ def latent(flow: Any, x: Any, ax: Any = None, title: str | None = "latent z = f^
     z, _ = flow.bijection.inverse(x)
     fig = samples(z, ax=ax, title=title, bounds=(-4.0, 4.0, -4.0, 4.0), color="tab:orange")
     ax = ax if ax is not None else fig.axes[0]
-    t = np.linspace(0.0, 2.0 * math.pi, 200)
+    t = np.linspace(0.0, 2.0 * math.pi, 200)  # host-ok: matplotlib draws on the host
     for r in (1.0, 2.0, 3.0):
         ax.plot(r * np.cos(t), r * np.sin(t), color="0.4", lw=0.6, ls="--")
     return _finish(fig, path)
