@@ -182,9 +182,10 @@ def arange(n: int, dtype=None):
     return _state["xp"].arange(n, dtype=dtype)
 
 
-def eye_like(x: Any, n: int | None = None):
-    """The n x n identity with the array type and dtype of ``x``; safe inside model code.
+def eye_like(x: Any, n: int | None = None, k: int = 0):
+    """The n x n identity (ones on diagonal ``k``) with the array type and dtype of ``x``.
 
+    Safe inside model code.
     Built from ``zeros_like`` and a broadcast comparison so that it never touches the host
     (``numpy.eye(..., like=x)`` fails for CuPy under NumPy 2).
     """
@@ -194,7 +195,7 @@ def eye_like(x: Any, n: int | None = None):
     while isbox(raw):
         raw = raw._value
     idx = numpy.cumsum(numpy.ones_like(raw, shape=(n,), dtype=numpy.int64)) - 1
-    return (idx[:, None] == idx[None, :]).astype(raw.dtype)
+    return (idx[:, None] + k == idx[None, :]).astype(raw.dtype)
 
 
 class Generator:
@@ -263,6 +264,13 @@ class _ForeignArrayVSpace(ArrayVSpace):
         self.dtype = value.dtype
         self._proto = value
 
+    def __eq__(self, other):
+        # autograd compares vector spaces by __dict__, which would compare the prototypes
+        return (type(self) is type(other) and self.shape == other.shape
+                and self.dtype == other.dtype and type(self._proto) is type(other._proto))
+
+    __hash__ = None
+
     def zeros(self):
         return numpy.zeros_like(self._proto)
 
@@ -276,7 +284,13 @@ class _ForeignArrayVSpace(ArrayVSpace):
             yield vect
 
     def randn(self):
-        raise NotImplementedError("random directions are drawn with refflow.backend.rng")
+        # autograd's check_grads draws its random directions here
+        host = numpy.random.default_rng().standard_normal(self.shape).astype(self.dtype)
+        if type(self._proto).__module__.startswith("cupy"):
+            import cupy
+
+            return cupy.asarray(host)
+        return type(self._proto)(host)
 
     def _inner_prod(self, x, y):
         return numpy.dot(numpy.ravel(x), numpy.ravel(y))
@@ -404,9 +418,9 @@ def dot_adjoint_1(A, G, A_meta, B_meta):
 
 # 7. the VJP of `trace` multiplies by a host `eye`.
 def _trace_vjp(ans, x, offset=0):
-    if offset != 0:
-        raise NotImplementedError("refflow's trace VJP supports offset=0 only")
-    return lambda g: eye_like(x, x.shape[0])[(...,) + (None,) * (len(x.shape) - 2)] * g
+    if x.shape[0] != x.shape[1]:
+        raise ValueError(f"x: refflow's trace VJP expects square matrices, got shape {x.shape}")
+    return lambda g: eye_like(x, x.shape[0], offset)[(...,) + (None,) * (len(x.shape) - 2)] * g
 
 
 # 8. the VJPs of maximum/minimum weight g by a float64 ratio: float32 gradients became float64.

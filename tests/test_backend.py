@@ -75,6 +75,15 @@ def test_float32_gradient_stays_float32():
     numpy.testing.assert_array_equal(g, [2.0, 1.0, 1.0])
 
 
+def test_trace_with_offset_and_check_grads_on_device_like_arrays():
+    from autograd.test_util import check_grads
+
+    x = numpy.arange(9.0).reshape(3, 3) / 7.0
+    g = autograd.grad(lambda a: anp.trace(a, offset=1) * 2.0)(StrictArray(x))
+    numpy.testing.assert_array_equal(g.get(), 2.0 * numpy.eye(3, k=1))
+    check_grads(lambda a: anp.sum(anp.tanh(a) ** 2), modes=["rev"], order=1)(StrictArray(x))
+
+
 def test_eye_like_follows_the_array_type():
     e = B.eye_like(StrictArray(numpy.zeros((2, 2), dtype=numpy.float32)), 3)
     assert isinstance(e, StrictArray)

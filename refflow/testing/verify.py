@@ -28,7 +28,7 @@ __all__ = ["verify_main"]
 
 
 class _UsageError(Exception):
-    pass
+    """A bad command line: reported with exit code 2."""
 
 
 def _resolve(target: str) -> Any:
