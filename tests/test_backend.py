@@ -84,6 +84,23 @@ def test_trace_with_offset_and_check_grads_on_device_like_arrays():
     check_grads(lambda a: anp.sum(anp.tanh(a) ** 2), modes=["rev"], order=1)(StrictArray(x))
 
 
+def test_gradient_through_a_list_of_parameters_with_the_shared_vector_space():
+    """Takes from one list share its vector space; a list changed in place is not confused."""
+
+    def loss(params):
+        a, b, c = params[0], params[1], params[2]
+        return anp.sum(a * 2.0) + anp.sum(b**2) + anp.sum(anp.tanh(c))
+
+    params = [numpy.ones(2), numpy.arange(3.0), numpy.zeros((2, 2))]
+    g = autograd.grad(loss)(params)
+    numpy.testing.assert_array_equal(g[0], [2.0, 2.0])
+    numpy.testing.assert_array_equal(g[1], [0.0, 2.0, 4.0])
+    numpy.testing.assert_array_equal(g[2], numpy.ones((2, 2)))
+    params[1] = numpy.arange(5.0)  # same list object, new shape in slot 1
+    g = autograd.grad(loss)(params)
+    numpy.testing.assert_array_equal(g[1], 2.0 * numpy.arange(5.0))
+
+
 def test_eye_like_follows_the_array_type():
     e = B.eye_like(StrictArray(numpy.zeros((2, 2), dtype=numpy.float32)), 3)
     assert isinstance(e, StrictArray)
