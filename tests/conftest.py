@@ -10,7 +10,7 @@ from refflow import backend
 
 settings.register_profile(
     "ci",
-    max_examples=int(os.environ.get("REFFLOW_EXAMPLES", "4")),
+    max_examples=int(os.environ.get("REFFLOW_EXAMPLES", "8")),
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

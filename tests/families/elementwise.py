@@ -68,6 +68,7 @@ def _spline_edges(rng, dim):
     # On a knot or at +-B the second derivative jumps, so log h' has a kink: the loss of the
     # gradient check is not differentiable there (central differences average the one-sided
     # slopes). Finite gradients at these points are checked in tests/test_elementwise.py.
-    # Central differences of h' straddle the kink too: their error is O(step) there.
+    # Central differences of h' straddle the kink too: their error is O(step * jump of h''/h'),
+    # about 1e-5 * 10 here, so the log-det comparison gets 1e-3 (seen: 1.1e-4 at a knot).
     return Case(bijection=spline, inputs=lambda r, n: spline_edge_inputs(spline, r, n),
-                fd_atol=1e-4, grad=False)
+                fd_atol=1e-3, grad=False)
