@@ -28,6 +28,7 @@ from typing import Any
 import autograd.numpy as np
 
 from refflow.checks import check_int
+from refflow.fused import FUSED_ACTIVATIONS, dense, masked_dense
 
 __all__ = ["MLP", "MaskedMLP", "Conv2d", "ConvNet", "ACTIVATIONS", "activation", "sigmoid",
            "softplus", "softplus_inverse"]
@@ -135,11 +136,10 @@ class MLP:
         return cls(weights, biases, activation)
 
     def __call__(self, x):
-        # fast path: fused layers with hand-written VJPs, tested against the loop below
-        from refflow.fused import FUSED_ACTIVATIONS, dense
-
         last = len(self.weights) - 1
-        if self.activation in FUSED_ACTIVATIONS:
+        # fast path: fused layers with hand-written VJPs, tested against the loop below; their
+        # bias gradient assumes one bias per unit, so per-sample biases take the loop
+        if self.activation in FUSED_ACTIVATIONS and all(np.ndim(b) == 1 for b in self.biases):
             for i, (w, b) in enumerate(zip(self.weights, self.biases)):
                 x = dense(x, w, b, self.activation if i < last else "identity")
             return x
@@ -176,12 +176,10 @@ class MaskedMLP:
                 raise ValueError(f"masks[{i}]: expected shape {w.shape}, got {m.shape}")
 
     def __call__(self, x):
-        # fast path: fused masked layers (mask applied once, gradient masked), tested against
-        # the loop below
-        from refflow.fused import FUSED_ACTIVATIONS, masked_dense
-
         last = len(self.weights) - 1
-        if self.activation in FUSED_ACTIVATIONS:
+        # fast path: fused masked layers (mask applied once, gradient masked), tested against
+        # the loop below; per-sample biases take the loop (the fused bias gradient sums rows)
+        if self.activation in FUSED_ACTIVATIONS and all(np.ndim(b) == 1 for b in self.biases):
             for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
                 x = masked_dense(x, w, m, b, self.activation if i < last else "identity")
             return x

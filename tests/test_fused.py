@@ -281,3 +281,29 @@ def test_max_last_is_the_max_and_carries_no_gradient():
     g = autograd.grad(lambda x: anp.sum(w * softmax(x, max_last)))(a)
     g_plain = autograd.grad(lambda x: anp.sum(w * softmax(x, lambda y: 0.0)))(a)
     numpy.testing.assert_allclose(g, g_plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_per_sample_biases_get_per_sample_gradients(masked):
+    """A bias of shape (N, H) (a context added per sample) must not be summed over rows."""
+    rng = numpy.random.default_rng(3)
+    x = rng.standard_normal((5, 3))
+    w0, w1 = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    b1 = rng.standard_normal(2)
+    masks = (numpy.ones((3, 4)), numpy.ones((4, 2)))
+
+    def loss(b0):
+        net = (MaskedMLP((w0, w1), (b0, b1), masks, "tanh") if masked
+               else MLP((w0, w1), (b0, b1), "tanh"))
+        return anp.sum(net(x) ** 2)
+
+    b0 = rng.standard_normal((5, 4))
+    g = autograd.grad(loss)(b0)
+    assert g.shape == (5, 4)
+    h = 1e-6
+    fd = numpy.zeros_like(b0)
+    for idx in numpy.ndindex(*b0.shape):
+        e = numpy.zeros_like(b0)
+        e[idx] = h
+        fd[idx] = (loss(b0 + e) - loss(b0 - e)) / (2 * h)
+    numpy.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
