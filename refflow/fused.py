@@ -103,8 +103,18 @@ def _pre_activation_grad(g, y, activation: str):
     return g if derivative is None else g * derivative(y)
 
 
-def _dense_grads(ga, x, w, argnums):
-    """Gradients (x, w, b) of x W + b from ga = dL/d(pre-activation), only those asked for."""
+def _sum_to_shape(g, shape):
+    """Sum g over the axes that broadcasting added to an operand of ``shape``."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1)
+    return np.reshape(np.sum(g, axis=axes), shape) if axes else g
+
+
+def _dense_grads(ga, x, w, argnums, b_shape=None):
+    """Gradients (x, w, b) of x W + b from ga = dL/d(pre-activation), only those asked for.
+
+    ``b_shape`` is the bias's shape when it is not (D_out,), e.g. one bias per sample.
+    """
     grads = {}
     if 0 in argnums:
         grads[0] = np.sum(ga * w[0], axis=-1, keepdims=True) if w.shape[0] == 1 else ga @ w.T
@@ -113,7 +123,10 @@ def _dense_grads(ga, x, w, argnums):
         x2, ga2 = np.reshape(x, (-1, w.shape[0])), np.reshape(ga, (-1, w.shape[1]))
         grads[1] = x2.T @ ga2
     if 2 in argnums:
-        grads[2] = np.sum(np.reshape(ga, (-1, w.shape[1])), axis=0)
+        if b_shape is None or len(b_shape) == 1:
+            grads[2] = np.sum(np.reshape(ga, (-1, w.shape[1])), axis=0)
+        else:
+            grads[2] = _sum_to_shape(ga, b_shape)
     return grads
 
 
@@ -124,11 +137,12 @@ def dense(x, w, b, activation: str = "identity"):
 
 
 def _dense_vjp(argnums, y, args, kwargs):
-    x, w = args[0], args[1]
+    x, w, b = args[0], args[1], args[2]
     activation = args[3] if len(args) > 3 else kwargs.get("activation", "identity")
 
     def vjp(g):
-        grads = _dense_grads(_pre_activation_grad(g, y, activation), x, w, argnums)
+        ga = _pre_activation_grad(g, y, activation)
+        grads = _dense_grads(ga, x, w, argnums, np.shape(b))
         return tuple(grads[i] for i in argnums)
 
     return vjp
@@ -144,14 +158,15 @@ def masked_dense(x, w, mask, b, activation: str = "identity"):
 
 
 def _masked_dense_vjp(argnums, y, args, kwargs):
-    x, w, mask = args[0], args[1], args[2]
+    x, w, mask, b = args[0], args[1], args[2], args[3]
     activation = args[4] if len(args) > 4 else kwargs.get("activation", "identity")
     # argument positions (x, w, mask, b) -> dense's (x, w, -, b); the mask is static
     wanted = {0: 0, 1: 1, 3: 2}
 
     def vjp(g):
         ga = _pre_activation_grad(g, y, activation)
-        grads = _dense_grads(ga, x, w * mask, [wanted[i] for i in argnums if i in wanted])
+        grads = _dense_grads(ga, x, w * mask, [wanted[i] for i in argnums if i in wanted],
+                             np.shape(b))
         out = []
         for i in argnums:
             if i == 2:

