@@ -47,7 +47,16 @@ from autograd.tracer import getval
 
 from refflow.backend import to_numpy
 from refflow.checks import check_array, check_int, check_positive
-from refflow.fused import bin_index, cumsum_last, max_last, sum_last, take_bin
+from refflow.fused import (
+    bin_index,
+    cumsum_last,
+    max_last,
+    rational_quadratic_spline,
+    spline_bins,
+    spline_slopes,
+    sum_last,
+    take_bin,
+)
 from refflow.nn import sigmoid, softplus, softplus_inverse
 from refflow.solvers import invert_increasing
 
@@ -693,6 +702,9 @@ class RationalQuadraticSpline(_Elementwise):
     bound: float = field(default=3.0, metadata={"static": True})
     P: ClassVar[int] = 3 * 8 - 1
     _SHAPE_FIELD: ClassVar[tuple[str, int]] = ("widths", 1)
+    # the fast path (refflow.fused: one primitive each for the bins, the knot slopes and the
+    # spline with its hand-written VJP); False runs the readable code below, its definition
+    fused: ClassVar[bool] = True
 
     def __post_init__(self):
         if not (isinstance(self.bound, (int, float)) and math.isfinite(self.bound)
@@ -737,6 +749,10 @@ class RationalQuadraticSpline(_Elementwise):
         m + (1 - m) softplus / log 2 (so theta = 0 gives uniform bins and slopes 1)."""
         k = _check_bins((np.shape(theta)[-1] + 1) // 3 if bins is None else bins)
         t_w, t_h, t_d = _split(theta, (k, k, k - 1), cls.__name__)
+        if cls.fused:
+            return _build(cls, widths=spline_bins(t_w, 2.0 * bound, MIN_BIN),
+                          heights=spline_bins(t_h, 2.0 * bound, MIN_BIN),
+                          derivatives=spline_slopes(t_d, MIN_DERIVATIVE), bound=float(bound))
 
         def bins_of(logits):
             # max_last / sum_last: the max and sum over the K bins, fast (refflow.fused)
@@ -759,10 +775,11 @@ class RationalQuadraticSpline(_Elementwise):
         return _stack_last([logits_of(self.widths), logits_of(self.heights), t_d])
 
     def _knots(self, sizes):
-        # cumulative sums end at B up to rounding; pinning both ends makes h(+-B) = +-B exact
+        # x_k = -B + sum_{j<k} w_j for k < K (cumsum_last: np.cumsum over the bins, fast);
+        # the sum over all bins is 2B up to rounding, so the last knot is pinned to B
         edge = np.zeros_like(sizes[..., :1])
-        inner = cumsum_last(sizes[..., :-1]) - self.bound  # np.cumsum over the bins, fast
-        return np.concatenate([edge - self.bound, inner, edge + self.bound], axis=-1)
+        return np.concatenate([cumsum_last(sizes, True) - self.bound, edge + self.bound],
+                              axis=-1)
 
     def knots(self):
         """The knots: x_k (..., D, K + 1), y_k (..., D, K + 1) and h'(x_k) (..., D, K + 1)."""
@@ -797,6 +814,9 @@ class RationalQuadraticSpline(_Elementwise):
         return x, 2.0 * np.log(s) + np.log(num) - 2.0 * np.log(den)
 
     def _forward(self, z):
+        if self.fused:
+            return rational_quadratic_spline(z, self.widths, self.heights, self.derivatives,
+                                             self.bound)
         inside = self._inside(z)
         z_in = np.where(inside, z, 0.0)          # masked first: tails never reach the logs
         x_k, y_k, w, h, d0, d1 = self._bin(z_in, inverse=False)
@@ -804,6 +824,9 @@ class RationalQuadraticSpline(_Elementwise):
         return np.where(inside, x, z), np.where(inside, log_d, 0.0)
 
     def _inverse(self, x):
+        if self.fused:
+            return rational_quadratic_spline(x, self.widths, self.heights, self.derivatives,
+                                             self.bound, True)
         inside = self._inside(x)
         y = np.where(inside, x, 0.0)
         x_k, y_k, w, h, d0, d1 = self._bin(y, inverse=True)

@@ -4,12 +4,15 @@ strict stand-in array (every output and gradient stays a device array)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import autograd
 import autograd.numpy as anp
 import numpy
 import pytest
 
 from refflow import backend as B
+from refflow.elementwise import MIN_BIN, MIN_DERIVATIVE, RationalQuadraticSpline
 from refflow.fused import (
     FUSED_ACTIVATIONS,
     affine_update,
@@ -18,6 +21,9 @@ from refflow.fused import (
     dense,
     masked_dense,
     max_last,
+    spline_bin_index,
+    spline_bins,
+    spline_slopes,
     sum_last,
     take_bin,
     tanh_bound,
@@ -44,6 +50,36 @@ def plain_affine_update(z, s, t):
     return z * anp.exp(s) + t
 
 
+def plain_spline_bins(logits, total):
+    e = anp.exp(logits - anp.max(logits, axis=-1, keepdims=True))
+    p = e / anp.sum(e, axis=-1, keepdims=True)
+    return total * (MIN_BIN + (1.0 - logits.shape[-1] * MIN_BIN) * p)
+
+
+def plain_spline_slopes(t):
+    return MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * anp.logaddexp(t, 0.0) / numpy.log(2.0)
+
+
+@contextlib.contextmanager
+def _spline_path(fused):
+    saved = RationalQuadraticSpline.fused
+    RationalQuadraticSpline.fused = fused
+    try:
+        yield
+    finally:
+        RationalQuadraticSpline.fused = saved
+
+
+def spline_of_theta(inverse, fused, bound=3.0):
+    """(v, theta) -> stacked (h(v), log h'(v)) (or the inverse) through the fused primitives
+    or through the readable code of RationalQuadraticSpline."""
+    def f(v, theta):
+        with _spline_path(fused):
+            spline = RationalQuadraticSpline.from_unconstrained(theta, bound=bound)
+            return anp.stack((spline._inverse if inverse else spline._forward)(v))
+    return f
+
+
 def _cases(rng, dtype):
     """(name, fused, plain, args, argnums) with inputs of the given dtype."""
     def r(*shape):
@@ -67,6 +103,19 @@ def _cases(rng, dtype):
                 (r(4, 3), r(4, 3), r(4, 3)), (0, 1, 2)))
     out.append(("affine-broadcast", affine_update, plain_affine_update,
                 (r(4, 3), r(3), r(1, 3)), (0, 1, 2)))
+    out.append(("spline-bins", lambda a: spline_bins(a, 6.0, MIN_BIN),
+                lambda a: plain_spline_bins(a, 6.0), (2.0 * r(4, 3, 8),), (0,)))
+    out.append(("spline-slopes", lambda t: spline_slopes(t, MIN_DERIVATIVE),
+                plain_spline_slopes, (4.0 * r(4, 3, 7),), (0,)))
+    # v inside and outside [-3, 3] (exactly on +-3, log h' has a kink: see the test below);
+    # theta per sample or shared
+    v = 2.0 * r(4, 3)
+    v[0, 0], v[1, 1] = 3.5, -4.0
+    for inverse in (False, True):
+        for kind, theta_shape in (("per-sample", (4, 3, 23)), ("shared", (3, 23))):
+            out.append((f"spline-{'inverse' if inverse else 'forward'}-{kind}",
+                        spline_of_theta(inverse, True), spline_of_theta(inverse, False),
+                        (v, 1.5 * r(*theta_shape)), (0, 1)))
     return out
 
 
@@ -241,6 +290,8 @@ def test_take_bin_equals_one_hot_pick(dtype, table_shape):
 REDUCTIONS = {
     "sum_last": (sum_last, lambda a: anp.sum(a, axis=-1, keepdims=True)),
     "cumsum_last": (cumsum_last, lambda a: anp.cumsum(a, axis=-1)),
+    "cumsum_last-exclusive": (lambda a: cumsum_last(a, True),
+                              lambda a: anp.cumsum(a, axis=-1) - a),
 }
 
 
@@ -307,3 +358,53 @@ def test_per_sample_biases_get_per_sample_gradients(masked):
         e[idx] = h
         fd[idx] = (loss(b0 + e) - loss(b0 - e)) / (2 * h)
     numpy.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spline_bin_index_equals_searchsorted(inverse, dtype):
+    rng = numpy.random.default_rng(4)
+    theta = rng.standard_normal((50, 3, 23)).astype(dtype)
+    spline = RationalQuadraticSpline.from_unconstrained(theta, bound=3.0)
+    xs, ys, _ = (B.to_numpy(a) for a in spline.knots())
+    knots = ys if inverse else xs
+    v = rng.uniform(-3.5, 3.5, (50, 3)).astype(dtype)
+    v[0, 0], v[1, 1] = knots[0, 0, 3], knots[1, 1, 5]  # exactly on a knot: the bin to its right
+    index = spline_bin_index(v, spline.widths, spline.heights, 3.0, inverse)
+    assert index.shape == v.shape
+    for n, d in numpy.ndindex(*v.shape):
+        # outside (-3, 3) the identity tail ignores the bin: the search then uses v = 0
+        inside = v[n, d] if -3.0 < v[n, d] < 3.0 else 0.0
+        expected = numpy.searchsorted(knots[n, d, 1:-1], inside, side="right")
+        assert index[n, d] == expected, (n, d)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_spline_inverse_of_forward_through_the_fused_path(inverse):
+    rng = numpy.random.default_rng(5)
+    theta = 2.0 * rng.standard_normal((64, 4, 23))
+    z = rng.uniform(-3.2, 3.2, (64, 4))
+    spline = RationalQuadraticSpline.from_unconstrained(theta, bound=3.0)
+    x, log_d = spline._forward(z)
+    z_back, log_d_back = spline._inverse(x)
+    numpy.testing.assert_allclose(z_back, z, atol=1e-10)
+    numpy.testing.assert_allclose(log_d_back, log_d, atol=1e-9)
+    # and h' against central differences of h
+    eps = 1e-6
+    slope = (spline._forward(z + eps)[0] - spline._forward(z - eps)[0]) / (2 * eps)
+    numpy.testing.assert_allclose(numpy.exp(log_d), slope, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spline_on_the_bound_and_outside_is_the_identity(fused, dtype):
+    theta = numpy.random.default_rng(6).standard_normal((5, 2, 23)).astype(dtype)
+    v = numpy.array([[-3.0, 3.0], [-7.0, 7.5], [3.0, -3.0], [-3.0, 4.0], [9.0, -3.0]], dtype)
+    for inverse in (False, True):
+        out = spline_of_theta(inverse, fused)(v, theta)
+        numpy.testing.assert_array_equal(out[0], v)   # h(+-B) = +-B exactly, h(z) = z outside
+        numpy.testing.assert_array_equal(out[1], 0.0)
+        assert out.dtype == numpy.dtype(dtype)
+        # no gradient reaches theta from the tails
+        g = autograd.grad(lambda t, inv=inverse: anp.sum(spline_of_theta(inv, fused)(v, t)))(theta)
+        numpy.testing.assert_array_equal(g, 0.0)
