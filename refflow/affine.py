@@ -54,7 +54,7 @@ def _diag(M):
 
 def _batch_constant(z, value):
     # a per-sample log-det that does not depend on z, with z's batch shape and array type
-    return np.zeros_like(z[..., 0]) + value
+    return np.zeros_like(z, shape=np.shape(z)[:-1]) + value
 
 
 def _check_square(name: str, M: Any) -> int:
@@ -456,11 +456,11 @@ class Permutation:
 
     def forward(self, z):
         _check_event("z", z, self.perm.shape[0])
-        return z[..., self.perm], np.zeros_like(z[..., 0])
+        return z[..., self.perm], np.zeros_like(z, shape=np.shape(z)[:-1])
 
     def inverse(self, x):
         _check_event("x", x, self.perm.shape[0])
-        return x[..., np.argsort(self.perm)], np.zeros_like(x[..., 0])
+        return x[..., np.argsort(self.perm)], np.zeros_like(x, shape=np.shape(x)[:-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -501,8 +501,8 @@ class Reverse:
 
     def forward(self, z):
         check_array("z", z, min_ndim=1, finite=False)
-        return z[..., ::-1], np.zeros_like(z[..., 0])
+        return z[..., ::-1], np.zeros_like(z, shape=np.shape(z)[:-1])
 
     def inverse(self, x):
         check_array("x", x, min_ndim=1, finite=False)
-        return x[..., ::-1], np.zeros_like(x[..., 0])
+        return x[..., ::-1], np.zeros_like(x, shape=np.shape(x)[:-1])

@@ -48,12 +48,13 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import autograd.numpy as np
 
 from refflow import backend as B
 from refflow.checks import check_array, check_int
+from refflow.fused import affine_log_det, affine_transformer
 from refflow.nn import MLP, MaskedMLP
 from refflow.nn import activation as _activation
 
@@ -71,17 +72,31 @@ class _LectureAffine:
     """
 
     P = 2
-    mu: Any
-    alpha: Any
+    theta: Any  # (..., D, 2): (mu, alpha) per coordinate
+    # the fast path (refflow.fused.affine_transformer: one primitive for the update and its
+    # log-det); False runs the lecture's lines below, its definition
+    fused: ClassVar[bool] = True
+
+    @property
+    def mu(self):
+        return self.theta[..., 0]
+
+    @property
+    def alpha(self):
+        return self.theta[..., 1]
 
     @classmethod
     def from_unconstrained(cls, theta) -> _LectureAffine:
-        return cls(theta[..., 0], theta[..., 1])
+        return cls(theta)
 
     def forward(self, z):
+        if self.fused:
+            return affine_transformer(z, self.theta), affine_log_det(self.theta)
         return z * np.exp(self.alpha) + self.mu, np.sum(self.alpha, axis=-1)
 
     def inverse(self, x):
+        if self.fused:
+            return affine_transformer(x, self.theta, True), affine_log_det(self.theta, True)
         return (x - self.mu) * np.exp(-self.alpha), -np.sum(self.alpha, axis=-1)
 
 
@@ -244,6 +259,13 @@ class MADE:
         h = self.net(x)  # (..., D * P)
         return np.reshape(h, h.shape[:-1] + (self.dim, self.outputs_per_dim))
 
+    def block(self, x, i: int):
+        """theta_i (..., 1, P) alone, equal to ``self(x)[..., i:i + 1, :]``: the hidden layers,
+        then only the P output units of coordinate i."""
+        p = self.outputs_per_dim
+        theta_i = self.net.output_units(self.net.hidden(x), slice(i * p, (i + 1) * p))
+        return np.reshape(theta_i, theta_i.shape[:-1] + (1, p))
+
 
 def _check_conditioner(made: Any, transformer: Any, options: dict) -> None:
     if not callable(made):
@@ -280,6 +302,31 @@ class _Autoregressive:
     def _h(self, theta):
         return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
 
+    def _sequential(self, v, inverse: bool):
+        """The D-pass direction, u_i = h^{+-1}(v_i; Theta_i(u_<i)), with its log-det.
+
+        With a MADE, pass k computes coordinate order[k] alone: its block theta_i and one
+        transformer call on (..., 1), a D-fold saving on the output layer and the transformer
+        (a spline's softmax and knots). Any other conditioner gets D full passes: after pass
+        k the first k coordinates in the order are exact, so the last pass gives all of u and,
+        its theta depending on exact values only, the exact log-det.
+        """
+        if not isinstance(self.made, MADE):
+            u = np.zeros_like(v)
+            for _ in range(v.shape[-1]):
+                h = self._h(self.made(u))
+                u, log_det = h.inverse(v) if inverse else h.forward(v)
+            return u, log_det
+        u, log_det = np.zeros_like(v), 0.0
+        columns = B.eye_like(v) > 0                                 # (D, D): column i of u
+        for i in self.made.order:
+            h = self._h(self.made.block(u, i))
+            v_i = v[..., i:i + 1]
+            u_i, log_det_i = h.inverse(v_i) if inverse else h.forward(v_i)
+            u = np.where(columns[i], u_i, u)
+            log_det = log_det + log_det_i
+        return u, log_det
+
 
 @dataclass(frozen=True, eq=False)
 class MAF(_Autoregressive):
@@ -308,10 +355,12 @@ class MAF(_Autoregressive):
 
     Invertible for any conditioner, since exp(alpha_i) > 0 (for another transformer: when
     h is strictly monotone in z_i). Cost: ``inverse`` (density) is one conditioner pass,
-    O(1) passes; ``forward`` (sampling) runs D passes, O(D): pass k recomputes theta from
-    the current x, after which the first k coordinates in ``made.order`` are exact. No
-    coordinate is written in place; to count passes, wrap the conditioner in a callable
-    that counts its calls (``benchmarks/autoregressive_costs.py`` does).
+    O(1) passes; ``forward`` (sampling) runs D passes, O(D): pass k computes the coordinate
+    ``made.order[k]`` from the k exact ones before it (with a MADE only that coordinate's
+    block of theta and one transformer call; with another conditioner a whole pass, after
+    which the first k coordinates in the order are exact). No coordinate is written in
+    place; to count passes, wrap the conditioner in a callable that counts its calls
+    (``benchmarks/autoregressive_costs.py`` does).
 
     References
     ----------
@@ -333,12 +382,7 @@ class MAF(_Autoregressive):
 
     def forward(self, z):
         check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        x = np.zeros_like(z)
-        # after pass k the first k coordinates (in the order) are exact; theta_D then depends
-        # on exact values only, so the last pass also gives the exact log-det
-        for _ in range(z.shape[-1]):
-            x, log_det = self._h(self.made(x)).forward(z)
-        return x, log_det
+        return self._sequential(z, inverse=False)
 
     def inverse(self, x):
         check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
@@ -369,8 +413,8 @@ class IAF(_Autoregressive):
         \log|\det \mathbf{J}_f| = \sum_{i=1}^D \alpha_i
 
     Invertible for any conditioner. Cost: ``forward`` (sampling) is one pass, O(1) passes;
-    ``inverse`` (density of an external x) runs D passes, O(D), re-solving z from the
-    current z estimate, after pass k the first k coordinates in the order exact. With
+    ``inverse`` (density of an external x) runs D passes, O(D), one coordinate of z per
+    pass as in ``MAF.forward``. With
     (mu~, alpha~) = (-mu exp(-alpha), -alpha) an IAF is exactly the inverse of a MAF (the
     lecture's tilde construction), which the tests check.
 
@@ -398,10 +442,7 @@ class IAF(_Autoregressive):
 
     def inverse(self, x):
         check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        z = np.zeros_like(x)
-        for _ in range(x.shape[-1]):
-            z, log_det = self._h(self.made(z)).inverse(x)
-        return z, log_det
+        return self._sequential(x, inverse=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -507,6 +548,31 @@ class SlowMAF:
 
     def _h(self, theta):
         return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
+
+    def _sequential(self, v, inverse: bool):
+        """The D-pass direction, u_i = h^{+-1}(v_i; Theta_i(u_<i)), with its log-det.
+
+        With a MADE, pass k computes coordinate order[k] alone: its block theta_i and one
+        transformer call on (..., 1), a D-fold saving on the output layer and the transformer
+        (a spline's softmax and knots). Any other conditioner gets D full passes: after pass
+        k the first k coordinates in the order are exact, so the last pass gives all of u and,
+        its theta depending on exact values only, the exact log-det.
+        """
+        if not isinstance(self.made, MADE):
+            u = np.zeros_like(v)
+            for _ in range(v.shape[-1]):
+                h = self._h(self.made(u))
+                u, log_det = h.inverse(v) if inverse else h.forward(v)
+            return u, log_det
+        u, log_det = np.zeros_like(v), 0.0
+        columns = B.eye_like(v) > 0                                 # (D, D): column i of u
+        for i in self.made.order:
+            h = self._h(self.made.block(u, i))
+            v_i = v[..., i:i + 1]
+            u_i, log_det_i = h.inverse(v_i) if inverse else h.forward(v_i)
+            u = np.where(columns[i], u_i, u)
+            log_det = log_det + log_det_i
+        return u, log_det
 
     def _theta_first(self, y):
         return self.theta_first + np.zeros_like(y[..., :1])  # (..., P)

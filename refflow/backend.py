@@ -28,6 +28,7 @@ References
 
 from __future__ import annotations
 
+import operator
 import os
 from typing import Any
 
@@ -375,13 +376,14 @@ def array_from_args(array_args, array_kwargs, *args):
     return numpy.array(args, *array_args, **array_kwargs)
 
 
-# 5. the VJP of `where` fills with host zeros.
+# 5. the VJP of `where` fills with host zeros, and returns the broadcast shape: where(c, u, v)
+# with u of shape (N, 1) and a result (N, D) gave u an (N, D) gradient, silently wrong.
 def _where_vjp_x(ans, c, x=None, y=None):
-    return lambda g: _wrapper.where(c, g, _wrapper.zeros_like(g))
+    return _vjps.unbroadcast_f(x, lambda g: _wrapper.where(c, g, _wrapper.zeros_like(g)))
 
 
 def _where_vjp_y(ans, c, x=None, y=None):
-    return lambda g: _wrapper.where(c, _wrapper.zeros_like(g), g)
+    return _vjps.unbroadcast_f(y, lambda g: _wrapper.where(c, _wrapper.zeros_like(g), g))
 
 
 # 6. the adjoints of `dot` finish with `numpy.asarray(out, dtype)`.
@@ -441,7 +443,7 @@ _take_vspace: list = [None, None]
 
 def _container_vspace(A):
     cached, vs = _take_vspace
-    if cached is not None and len(cached) == len(A) and all(a is b for a, b in zip(cached, A)):
+    if cached is not None and len(cached) == len(A) and all(map(operator.is_, cached, A)):
         return vs
     vs = vspace(A)
     _take_vspace[:] = [tuple(A), vs]

@@ -83,6 +83,10 @@ __all__ = [
     "spline_slopes",
     "rational_quadratic_spline",
     "spline_bin_index",
+    "affine_transformer",
+    "affine_log_det",
+    "affine_coupling",
+    "affine_coupling_log_det",
     "FUSED_ACTIVATIONS",
 ]
 
@@ -513,7 +517,8 @@ def _spline_vjp(argnums, ans, args, kwargs):
         g_out, g_log = g
         inside, v_in, x_k, w, y_k, h, d0, d1 = _spline_bin(np.broadcast_to(v, k.shape), widths,
                                                            heights, derivatives, k, bound)
-        xi = (ans[0] - x_k) / w if inverse else (v_in - x_k) / w
+        # for the inverse, xi from the quadratic again: (z - x_k) / w would cancel in float32
+        xi = _spline_xi(v_in, x_k, w, y_k, h, d0, d1, inverse)
         s = h / w
         g_out_in = np.where(inside, g_out, 0.0)
         g_log = np.where(inside, g_log, 0.0)
@@ -550,3 +555,137 @@ def _spline_vjp(argnums, ans, args, kwargs):
 
 
 defvjp_argnums(_spline, _spline_vjp)
+
+
+# ------------------------------------------------------------------ affine transformers
+# The update and its log-det are separate primitives: a primitive returning a tuple costs
+# autograd two more nodes and a zero-filled tuple per output in the backward pass, more than
+# the second pass over s or alpha that the split costs.
+
+
+@primitive
+def affine_transformer(v, theta, inverse: bool = False):
+    """The MAF transformer with theta = (mu, alpha) packed as (..., D, 2): v exp(alpha) + mu,
+    or (v - mu) exp(-alpha) when ``inverse``. ``refflow.autoregressive._LectureAffine``
+    keeps the readable version; the log-det is ``affine_log_det``."""
+    mu, alpha = theta[..., 0], theta[..., 1]
+    if inverse:
+        return (v - mu) * np.exp(-alpha)
+    return v * np.exp(alpha) + mu
+
+
+def _affine_transformer_vjp(argnums, ans, args, kwargs):
+    v, theta = args[0], args[1]
+    inverse = args[2] if len(args) > 2 else kwargs.get("inverse", False)
+
+    def vjp(g):
+        alpha = theta[..., 1]
+        g_v = g * np.exp(-alpha if inverse else alpha)
+        if inverse:
+            # z = (x - mu) e^{-alpha}: dz/dmu = -e^{-alpha}, dz/dalpha = -z
+            g_theta = _stack_pair(-g_v, -g * ans)
+        else:
+            # x = z e^{alpha} + mu: dx/dalpha = x - mu, no second exponential
+            g_theta = _stack_pair(g, g * (ans - theta[..., 0]))
+        grads = {0: _unbroadcast(g_v, np.shape(v)), 1: _unbroadcast(g_theta, np.shape(theta))}
+        return tuple(grads[i] for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(affine_transformer, _affine_transformer_vjp)
+
+
+def _stack_pair(a, b):
+    """(a, b) as the last axis of one array (..., 2)."""
+    return np.concatenate([a[..., None], b[..., None]], axis=-1)
+
+
+@primitive
+def affine_log_det(theta, inverse: bool = False):
+    """sum_i alpha_i over the last D axis of theta = (mu, alpha) (..., D, 2); its negative
+    when ``inverse``."""
+    log_det = np.sum(theta[..., 1], axis=-1)
+    return -log_det if inverse else log_det
+
+
+def _affine_log_det_vjp(ans, theta, inverse=False):
+    def vjp(g):
+        g_alpha = (-g if inverse else g)[..., None] + np.zeros_like(theta[..., 1])
+        return _stack_pair(np.zeros_like(g_alpha), g_alpha)
+
+    return vjp
+
+
+defvjp(affine_log_det, _affine_log_det_vjp)
+
+
+def _bounded(s, bound):
+    return s if bound is None else bound * np.tanh(s / bound)
+
+
+@primitive
+def affine_coupling(v, out, split: int, bound, inverse: bool = False):
+    """RealNVP's coupling step on the last axis: v = (v^B, v^A) with |B| = ``split``, the
+    conditioner output out = (s, t) (..., 2 |A|), s soft-bounded to bound tanh(s / bound)
+    unless ``bound`` is None: (v^B, v^A exp(s) + t), or (v^B, (v^A - t) exp(-s)) when
+    ``inverse``. ``refflow.coupling.AffineCoupling`` keeps the readable version; the
+    log-det is ``affine_coupling_log_det``."""
+    k = out.shape[-1] // 2
+    s, t = _bounded(out[..., :k], bound), out[..., k:]
+    v_a = v[..., split:]
+    new_a = (v_a - t) * np.exp(-s) if inverse else v_a * np.exp(s) + t
+    return np.concatenate([v[..., :split], new_a], axis=-1)
+
+
+def _affine_coupling_vjp(argnums, ans, args, kwargs):
+    v, out, split, bound = args[:4]
+    inverse = args[4] if len(args) > 4 else kwargs.get("inverse", False)
+
+    def vjp(g):
+        k = out.shape[-1] // 2
+        s = _bounded(out[..., :k], bound)
+        g_a, new_a = g[..., split:], ans[..., split:]
+        if inverse:
+            # z^A = (x^A - t) e^{-s}: d/dx^A = e^{-s}, d/dt = -e^{-s}, d/ds = -z^A
+            g_v_a = g_a * np.exp(-s)
+            g_t = -g_v_a
+            g_s = -g_a * new_a
+        else:
+            # x^A = z^A e^{s} + t: d/dz^A = e^{s}, d/dt = 1, d/ds = x^A - t
+            g_v_a = g_a * np.exp(s)
+            g_t = g_a
+            g_s = g_a * (new_a - out[..., k:])
+        if bound is not None:
+            g_s = g_s * (1.0 - (s / bound) ** 2)  # from the bounded value, as tanh_bound
+        grads = {0: np.concatenate([g[..., :split], g_v_a], axis=-1),
+                 1: np.concatenate([g_s, g_t], axis=-1)}
+        return tuple(_unbroadcast(grads[i], np.shape(args[i])) for i in argnums)
+
+    return vjp
+
+
+defvjp_argnums(affine_coupling, _affine_coupling_vjp)
+
+
+@primitive
+def affine_coupling_log_det(out, bound, inverse: bool = False):
+    """sum s over the last axis, s the first half of out = (s, t), bounded as in
+    ``affine_coupling``; its negative when ``inverse``."""
+    log_det = np.sum(_bounded(out[..., : out.shape[-1] // 2], bound), axis=-1)
+    return -log_det if inverse else log_det
+
+
+def _affine_coupling_log_det_vjp(ans, out, bound, inverse=False):
+    def vjp(g):
+        k = out.shape[-1] // 2
+        s = out[..., :k]
+        g_s = (-g if inverse else g)[..., None] + np.zeros_like(s)
+        if bound is not None:
+            g_s = g_s * (1.0 - (_bounded(s, bound) / bound) ** 2)
+        return np.concatenate([g_s, np.zeros_like(g_s)], axis=-1)
+
+    return vjp
+
+
+defvjp(affine_coupling_log_det, _affine_coupling_log_det_vjp)

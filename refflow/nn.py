@@ -174,21 +174,29 @@ class MaskedMLP:
             if tuple(w.shape) != tuple(m.shape):
                 raise ValueError(f"masks[{i}]: expected shape {w.shape}, got {m.shape}")
 
-    def __call__(self, x):
-        last = len(self.weights) - 1
-        # fast path: fused masked layers (mask applied once, gradient masked), tested against
-        # the loop below
+    def _layer(self, x, w, m, b, act: str):
+        # fast path: a fused masked layer (mask applied once, gradient masked), tested against
+        # the plain product below
         if self.activation in FUSED_ACTIVATIONS:
-            for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
-                x = masked_dense(x, w, m, b, self.activation if i < last else "identity")
-            return x
-        act = ACTIVATIONS[self.activation]
-        h = x
-        for i, (w, b, m) in enumerate(zip(self.weights, self.biases, self.masks)):
-            h = h @ (w * m) + b
-            if i < last:
-                h = act(h)
-        return h
+            return masked_dense(x, w, m, b, act)
+        h = x @ (w * m) + b
+        return h if act == "identity" else ACTIVATIONS[act](h)
+
+    def hidden(self, x):
+        """The activations of the last hidden layer (x itself when there is none)."""
+        for w, b, m in zip(self.weights[:-1], self.biases[:-1], self.masks[:-1]):
+            x = self._layer(x, w, m, b, self.activation)
+        return x
+
+    def output_units(self, h, units: slice):
+        """The output layer's ``units`` alone, from the last hidden activations h: a MADE
+        block costs a (H, P) product instead of (H, D P)."""
+        return self._layer(h, self.weights[-1][:, units], self.masks[-1][:, units],
+                           self.biases[-1][..., units], "identity")
+
+    def __call__(self, x):
+        return self._layer(self.hidden(x), self.weights[-1], self.masks[-1], self.biases[-1],
+                           "identity")
 
 
 # ------------------------------------------------------------------ convolutions for images

@@ -101,6 +101,24 @@ def test_gradient_through_a_list_of_parameters_with_the_shared_vector_space():
     numpy.testing.assert_array_equal(g[1], 2.0 * numpy.arange(5.0))
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_where_gradient_has_the_shape_of_each_broadcast_operand(strict):
+    """autograd 1.9.1's where VJP returned the broadcast (N, D) gradient for a (N, 1) operand."""
+    rng = numpy.random.default_rng(0)
+    u, v = rng.standard_normal((5, 1)), rng.standard_normal((1, 3))
+    c, w = rng.random((5, 3)) > 0.5, rng.standard_normal((5, 3))
+    wrap = StrictArray if strict else (lambda a: a)
+
+    def loss(u, v):
+        return anp.sum(wrap(w) * anp.where(wrap(c), u, v))
+
+    gu, gv = autograd.grad(loss, 0)(wrap(u), wrap(v)), autograd.grad(loss, 1)(wrap(u), wrap(v))
+    assert gu.shape == u.shape and gv.shape == v.shape
+    # independent: the gradient of sum(w * where(c, u, v)) sums w over where c picks u (or v)
+    numpy.testing.assert_allclose(B.to_numpy(gu), numpy.sum(w * c, axis=1, keepdims=True))
+    numpy.testing.assert_allclose(B.to_numpy(gv), numpy.sum(w * ~c, axis=0, keepdims=True))
+
+
 def test_eye_like_follows_the_array_type():
     e = B.eye_like(StrictArray(numpy.zeros((2, 2), dtype=numpy.float32)), 3)
     assert isinstance(e, StrictArray)

@@ -15,6 +15,10 @@ from refflow import backend as B
 from refflow.elementwise import MIN_BIN, MIN_DERIVATIVE, RationalQuadraticSpline
 from refflow.fused import (
     FUSED_ACTIVATIONS,
+    affine_coupling,
+    affine_coupling_log_det,
+    affine_log_det,
+    affine_transformer,
     affine_update,
     bin_index,
     cumsum_last,
@@ -48,6 +52,32 @@ def plain_masked_dense(x, w, m, b, activation):
 
 def plain_affine_update(z, s, t):
     return z * anp.exp(s) + t
+
+
+def plain_affine_transformer(v, theta, inverse):
+    mu, alpha = theta[..., 0], theta[..., 1]
+    if inverse:
+        return (v - mu) * anp.exp(-alpha), -anp.sum(alpha, axis=-1)
+    return v * anp.exp(alpha) + mu, anp.sum(alpha, axis=-1)
+
+
+def plain_affine_coupling(v, out, split, bound, inverse):
+    k = out.shape[-1] // 2
+    s, t = out[..., :k], out[..., k:]
+    if bound is not None:
+        s = bound * anp.tanh(s / bound)
+    v_b, v_a = v[..., :split], v[..., split:]
+    new_a = (v_a - t) * anp.exp(-s) if inverse else v_a * anp.exp(s) + t
+    log_det = anp.sum(s, axis=-1)
+    return anp.concatenate([v_b, new_a], axis=-1), -log_det if inverse else log_det
+
+
+def _with_log_det(f):
+    """(out, log_det) -> one array (..., D + 1), for the generic checks."""
+    def g(*args):
+        out, log_det = f(*args)
+        return anp.concatenate([out, log_det[..., None]], axis=-1)
+    return g
 
 
 def plain_spline_bins(logits, total):
@@ -103,6 +133,20 @@ def _cases(rng, dtype):
                 (r(4, 3), r(4, 3), r(4, 3)), (0, 1, 2)))
     out.append(("affine-broadcast", affine_update, plain_affine_update,
                 (r(4, 3), r(3), r(1, 3)), (0, 1, 2)))
+    for inverse in (False, True):
+        way = "inverse" if inverse else "forward"
+        out.append((f"affine-transformer-{way}",
+                     _with_log_det(lambda v, th, i=inverse: (affine_transformer(v, th, i),
+                                                             affine_log_det(th, i))),
+                     _with_log_det(lambda v, th, i=inverse: plain_affine_transformer(v, th, i)),
+                     (r(4, 3), r(4, 3, 2)), (0, 1)))
+        for bound in (None, 2.0):
+            out.append((f"affine-coupling-{way}-{bound}",
+                         _with_log_det(lambda v, o, i=inverse, b=bound: (
+                             affine_coupling(v, o, 2, b, i), affine_coupling_log_det(o, b, i))),
+                         _with_log_det(lambda v, o, i=inverse, b=bound: plain_affine_coupling(
+                             v, o, 2, b, i)),
+                         (r(4, 5), 2.0 * r(4, 6)), (0, 1)))
     out.append(("spline-bins", lambda a: spline_bins(a, 6.0, MIN_BIN),
                 lambda a: plain_spline_bins(a, 6.0), (2.0 * r(4, 3, 8),), (0,)))
     out.append(("spline-slopes", lambda t: spline_slopes(t, MIN_DERIVATIVE),
