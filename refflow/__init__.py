@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from refflow import backend
-from refflow.backend import set_backend
+from refflow.backend import get_threads, set_backend, set_threads
 
 __version__ = "0.1.0"
 
@@ -20,7 +20,7 @@ _MODULES = (
     "potentials", "datasets", "io", "testing",
 )
 
-__all__ = ["backend", "set_backend", "__version__"]
+__all__ = ["backend", "set_backend", "set_threads", "get_threads", "__version__"]
 for _name in _MODULES:
     try:
         _module = importlib.import_module(f"refflow.{_name}")

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from refflow import backend
 from refflow.checks import check_array, check_int
 
 __all__ = ["Bijection", "Compose", "Inverse", "Flow"]
@@ -168,8 +169,17 @@ class Flow:
         return self.base.event_shape
 
     def log_prob(self, x):
-        """log p(x) for a batch x of shape (..., *event_shape)."""
+        """log p(x) for a batch x of shape (..., *event_shape).
+
+        A large NumPy batch is split over threads when ``backend.set_threads`` asks for it
+        (``backend.map_batch``); the result is the same.
+        """
         check_array("x", x, min_ndim=len(self.event_shape), last=self.event_shape)
+        if len(x.shape) == len(self.event_shape):  # a single event: no batch axis to split
+            return self._log_prob(x)
+        return backend.map_batch(self._log_prob, x, params=self)
+
+    def _log_prob(self, x):
         z, log_det = self.bijection.inverse(x)
         return self.base.log_prob(z) + log_det
 
@@ -181,6 +191,13 @@ class Flow:
     def sample_and_log_prob(self, n: int, rng):
         """n samples and their log-densities in one pass (the reparameterisation trick)."""
         check_int("n", n)
+        # the noise is drawn here, in one piece, so that a split run uses the same draws
         z = self.base.sample(n, rng)
+        # sampling's sequential passes (MAF: one per coordinate) make many small NumPy calls,
+        # so a split pays from about twice log_prob's batch (docs/performance.md)
+        return backend.map_batch(self._push_forward, z, min_rows=2 * backend.SPLIT_MIN_ROWS,
+                                 params=self)
+
+    def _push_forward(self, z):
         x, log_det = self.bijection.forward(z)
         return x, self.base.log_prob(z) - log_det
