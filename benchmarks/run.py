@@ -6,7 +6,8 @@ flow), D in {2, 16, 64}, batch 256 and 8192, float32 and float64, it times ``log
 libraries are timed interleaved (one call each, in rotating order, ``--repeats`` times,
 after one warm-up call each), so that load changes hit all of them alike; the table gives
 medians and the ratio refflow / best peer, and geometric means of the ratios per operation
-and batch. torch is pinned to as many threads as NumPy's BLAS uses (threadpoolctl).
+and batch. torch is pinned to as many threads as NumPy's BLAS uses (threadpoolctl), and
+refflow splits large batches over as many (``refflow.backend.set_threads``).
 
 Usage::
 
@@ -123,15 +124,18 @@ def run_grid(args) -> dict:
     if args.threads:
         _limit_blas(args.threads)
     threads = args.threads or blas_threads()
+    from refflow import backend as B
+
+    # refflow's share of the second core: its batch split (evaluation and sampling)
+    B.set_threads(threads)
     libs = available_libraries(args.libraries)
     if len(libs) > 1:
         import torch
 
         torch.set_num_threads(threads)
     if args.backend == "cupy":
-        from refflow import backend as B
-
         B.set_backend("cupy")
+    print(_threads_text(dict(threads=threads, refflow_threads=B.get_threads())), flush=True)
     rows = []
     host = numpy.random.default_rng(0)
     for model in args.models:
@@ -202,17 +206,28 @@ def _cpu_model() -> str:
 
 
 def _meta(threads: int, libs: list, args) -> dict:
+    from refflow import backend as B
+
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=f"{_cpu_model()}, {os.cpu_count()} logical CPUs, {platform.platform()}",
         load=" ".join(f"{v:.1f}" for v in load),
-        threads=threads, libraries=libs, backend=args.backend, torch_device=args.torch_device,
+        threads=threads, refflow_threads=B.get_threads(), libraries=libs, backend=args.backend,
+        torch_device=args.torch_device,
         glibc_tunables=os.environ.get("GLIBC_TUNABLES", "(unset)"),
         versions={n: _version(n) for n in
                   ("numpy", "autograd", "torch", "zuko", "nflows", "cupy-cuda12x", "cupy")},
         python=platform.python_version(),
     )
+
+
+def _threads_text(meta: dict) -> str:
+    split = meta.get("refflow_threads")  # absent from the JSON of runs before the split
+    if split == meta["threads"]:
+        return f"threads (BLAS, torch and refflow's batch split): {split}"
+    text = f"threads (BLAS and torch): {meta['threads']}"
+    return text if split is None else f"{text}; refflow's batch split: {split}"
 
 
 def _geomean(values: list) -> float:
@@ -228,8 +243,8 @@ def markdown(result: dict, title: str) -> str:
     out = [f"## {title}", ""]
     out += [f"- date: {meta['date']}; load average at the end: {meta['load']}",
             f"- machine: {meta['machine']}",
-            f"- backend: {meta['backend']}; torch device: {meta['torch_device']}; threads "
-            f"(BLAS and torch): {meta['threads']}; GLIBC_TUNABLES: {meta['glibc_tunables']}",
+            f"- backend: {meta['backend']}; torch device: {meta['torch_device']}; "
+            f"{_threads_text(meta)}; GLIBC_TUNABLES: {meta['glibc_tunables']}",
             "- versions: python " + meta["python"] + ", " + ", ".join(
                 f"{k} {v}" for k, v in meta["versions"].items() if v != "-"), ""]
     head = ["model", "D", "dtype", "batch", "operation", *[f"{lib} ms" for lib in libs],
@@ -279,7 +294,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-call", type=float, default=8.0,
                    help="skip cells predicted (from the smaller batch) to take longer per call")
     p.add_argument("--threads", type=int, default=0,
-                   help="BLAS and torch threads (0: torch as NumPy's BLAS)")
+                   help="BLAS, torch and refflow batch-split threads "
+                        "(0: torch and refflow as NumPy's BLAS)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--torch-device", default="cpu", help="cpu or cuda")
     p.add_argument("--quick", action="store_true", help="D 2 and 16, batch 256, 3 rounds")
