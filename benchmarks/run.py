@@ -312,8 +312,8 @@ def main(argv: list | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.combine:
         results = [json.loads(Path(f).read_text()) for f in args.combine]
-        _write(args.output, [markdown(r, f"GLIBC_TUNABLES {r['meta']['glibc_tunables']}")
-                             for r in results])
+        _write(args.output, [markdown(r, f"{r['meta']['threads']} thread(s), GLIBC_TUNABLES "
+                                         f"{r['meta']['glibc_tunables']}") for r in results])
         return
     if args.quick:
         args.dims, args.batches, args.repeats = [2, 16], [256], 3
