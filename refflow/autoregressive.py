@@ -549,31 +549,6 @@ class SlowMAF:
     def _h(self, theta):
         return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
 
-    def _sequential(self, v, inverse: bool):
-        """The D-pass direction, u_i = h^{+-1}(v_i; Theta_i(u_<i)), with its log-det.
-
-        With a MADE, pass k computes coordinate order[k] alone: its block theta_i and one
-        transformer call on (..., 1), a D-fold saving on the output layer and the transformer
-        (a spline's softmax and knots). Any other conditioner gets D full passes: after pass
-        k the first k coordinates in the order are exact, so the last pass gives all of u and,
-        its theta depending on exact values only, the exact log-det.
-        """
-        if not isinstance(self.made, MADE):
-            u = np.zeros_like(v)
-            for _ in range(v.shape[-1]):
-                h = self._h(self.made(u))
-                u, log_det = h.inverse(v) if inverse else h.forward(v)
-            return u, log_det
-        u, log_det = np.zeros_like(v), 0.0
-        columns = B.eye_like(v) > 0                                 # (D, D): column i of u
-        for i in self.made.order:
-            h = self._h(self.made.block(u, i))
-            v_i = v[..., i:i + 1]
-            u_i, log_det_i = h.inverse(v_i) if inverse else h.forward(v_i)
-            u = np.where(columns[i], u_i, u)
-            log_det = log_det + log_det_i
-        return u, log_det
-
     def _theta_first(self, y):
         return self.theta_first + np.zeros_like(y[..., :1])  # (..., P)
 
