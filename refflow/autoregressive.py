@@ -73,8 +73,8 @@ class _LectureAffine:
 
     P = 2
     theta: Any  # (..., D, 2): (mu, alpha) per coordinate
-    # the fast path (refflow.fused.affine_transformer: one primitive for the update and its
-    # log-det); False runs the lecture's lines below, its definition
+    # the fast path (refflow.fused: one primitive for the update, one for its log-det);
+    # False runs the lecture's lines below, its definition
     fused: ClassVar[bool] = True
 
     @property

@@ -402,8 +402,8 @@ class AffineCoupling(_CouplingParts):
     split: Any = field(default=1, metadata={"static": True})
     event_ndim: int = field(default=1, metadata={"static": True})
     scale_bound: float | None = field(default=2.0, metadata={"static": True})
-    # the fast path for vectors split in two (refflow.fused.affine_coupling: the update, the
-    # merge and the log-det in one primitive); False, a mask or an image runs the readable code
+    # the fast path for vectors split in two (refflow.fused: one primitive for the update and
+    # the merge, one for the log-det); False, a mask or an image runs the readable code
     fused: ClassVar[bool] = True
 
     def __post_init__(self):
