@@ -632,7 +632,8 @@ def affine_coupling(v, out, split: int, bound, inverse: bool = False):
     conditioner output out = (s, t) (..., 2 |A|), s soft-bounded to bound tanh(s / bound)
     unless ``bound`` is None: (v^B, v^A exp(s) + t), or (v^B, (v^A - t) exp(-s)) when
     ``inverse``. ``refflow.coupling.AffineCoupling`` keeps the readable version; the
-    log-det is ``affine_coupling_log_det``."""
+    log-det is ``affine_coupling_log_det``, which reuses this call's bounded s when given the
+    same ``out`` object (so ``out`` must not be changed in place between the two calls)."""
     k = out.shape[-1] // 2
     s, t = _scale(out, bound), out[..., k:]
     v_a = v[..., split:]
