@@ -389,12 +389,20 @@ def spline_bin_index(v, widths, heights, bound: float, inverse: bool = False):
     among the x-knots -B + sum_{j<k} widths_j (or the y-knots when ``inverse``); a value
     outside (-B, B) is searched as 0 (its output, the identity tail, ignores the bin; the
     spline maths stays finite). No gradient."""
-    v, sizes = getval(v), getval(heights if inverse else widths)
+    return _bin_of(getval(v), _knots_below(heights if inverse else widths, bound), bound)
+
+
+def _knots_below(sizes, bound: float):
+    """The knots -B + sum_{j<k} sizes_j, k = 0..K - 1, as RationalQuadraticSpline.knots
+    computes them (so knots map to knots exactly in both paths). No gradient."""
+    return cumsum_last(getval(sizes), True) - bound
+
+
+def _bin_of(v, knots, bound: float):
     v_in = np.where((v > -bound) & (v < bound), v, 0.0)
-    # knots 1 .. K - 1, computed as RationalQuadraticSpline.knots computes them
-    interior = (cumsum_last(sizes, True) - bound)[..., 1:]
-    # v has passed interior knot j iff v >= knot j: the count of passed knots is the bin
-    return sum_last((v_in[..., None] >= interior).astype(v_in.dtype))[..., 0].astype("int64")
+    # v has passed interior knot j (1 .. K - 1) iff v >= knot j: their count is the bin
+    passed = v_in[..., None] >= knots[..., 1:]
+    return sum_last(passed.astype(v_in.dtype))[..., 0].astype("int64")
 
 
 def _gather(table, flat, lead):
@@ -403,9 +411,9 @@ def _gather(table, flat, lead):
     return np.reshape(np.take(rows, flat), lead)
 
 
-def _spline_bin(v, widths, heights, derivatives, k, bound: float):
-    """Per element: (inside, v_in, x_k, w, y_k, h, d0, d1) of bin k; x_k = -B + sum_{j<k} w_j
-    is read from an exclusive cumulative sum (no knot table with its end knot is built)."""
+def _spline_bin(v, widths, heights, derivatives, k, knots_x, knots_y, bound: float):
+    """Per element: (inside, v_in, x_k, w, y_k, h, d0, d1) of bin k; x_k and y_k are read
+    from ``_knots_below`` (no knot table with its end knot is built)."""
     lead, bins = k.shape, widths.shape[-1]
     inside = (v > -bound) & (v < bound)
     v_in = np.where(inside, v, 0.0)
@@ -414,9 +422,7 @@ def _spline_bin(v, widths, heights, derivatives, k, bound: float):
     k_flat = np.reshape(k, (-1,))
     flat = row * bins + k_flat
     w, h = _gather(widths, flat, lead), _gather(heights, flat, lead)
-    # the knots as RationalQuadraticSpline.knots computes them, so knots map to knots exactly
-    x_k = _gather(cumsum_last(widths, True) - bound, flat, lead)
-    y_k = _gather(cumsum_last(heights, True) - bound, flat, lead)
+    x_k, y_k = _gather(knots_x, flat, lead), _gather(knots_y, flat, lead)
     # h'(x_k) = derivatives[k - 1], with slope 1 at both end knots (the identity tails)
     if bins == 1:
         d0 = d1 = np.ones_like(w)
@@ -446,16 +452,19 @@ def rational_quadratic_spline(v, widths, heights, derivatives, bound: float,
     """(h(v), log h'(v)) of the rational-quadratic spline with identity tails outside (-B, B),
     or (h^{-1}(v), log h'(h^{-1}(v))) when ``inverse``; tables (..., K) and (..., K - 1)
     broadcast against v (...,). ``refflow.elementwise.RationalQuadraticSpline`` is the
-    readable definition; here the bin search runs once, outside the differentiated part."""
-    k = spline_bin_index(np.broadcast_to(getval(v), _spline_lead_shape(
-        v, widths, heights, derivatives)), widths, heights, bound, inverse)
-    return _spline(v, widths, heights, derivatives, k, bound, inverse)
+    readable definition. The knots and the bin search are computed once, outside the
+    differentiated part, and shared by the forward pass and the VJP (which differentiates
+    the knots by hand)."""
+    knots_x, knots_y = _knots_below(widths, bound), _knots_below(heights, bound)
+    lead = _spline_lead_shape(v, widths, heights, derivatives)
+    k = _bin_of(np.broadcast_to(getval(v), lead), knots_y if inverse else knots_x, bound)
+    return _spline(v, widths, heights, derivatives, k, knots_x, knots_y, bound, inverse)
 
 
 @primitive
-def _spline(v, widths, heights, derivatives, k, bound, inverse):
-    inside, v_in, x_k, w, y_k, h, d0, d1 = _spline_bin(np.broadcast_to(v, k.shape), widths,
-                                                       heights, derivatives, k, bound)
+def _spline(v, widths, heights, derivatives, k, knots_x, knots_y, bound, inverse):
+    inside, v_in, x_k, w, y_k, h, d0, d1 = _spline_bin(
+        np.broadcast_to(v, k.shape), widths, heights, derivatives, k, knots_x, knots_y, bound)
     xi = _spline_xi(v_in, x_k, w, y_k, h, d0, d1, inverse)
     s = h / w
     m = xi * (1.0 - xi)
@@ -499,12 +508,13 @@ def _scatter(at, below, g_here, g_before):
 
 
 def _spline_vjp(argnums, ans, args, kwargs):
-    v, widths, heights, derivatives, k, bound, inverse = args
+    v, widths, heights, derivatives, k, knots_x, knots_y, bound, inverse = args
 
     def vjp(g):
         g_out, g_log = g
-        inside, v_in, x_k, w, y_k, h, d0, d1 = _spline_bin(np.broadcast_to(v, k.shape), widths,
-                                                           heights, derivatives, k, bound)
+        inside, v_in, x_k, w, y_k, h, d0, d1 = _spline_bin(
+            np.broadcast_to(v, k.shape), widths, heights, derivatives, k, knots_x, knots_y,
+            bound)
         # for the inverse, xi from the quadratic again: (z - x_k) / w would cancel in float32
         xi = _spline_xi(v_in, x_k, w, y_k, h, d0, d1, inverse)
         s = h / w
