@@ -30,6 +30,7 @@ import autograd.numpy as np
 
 from refflow.backend import to_numpy
 from refflow.checks import check_array, check_int, check_positive
+from refflow.ops import where
 
 __all__ = ["StandardNormal", "DiagonalNormal", "Uniform"]
 
@@ -139,7 +140,7 @@ class Uniform:
     def log_prob(self, x):
         inside = np.all((x >= self.low) & (x <= self.high), axis=-1)
         log_volume = np.sum(np.log(self.high - self.low))
-        return np.where(inside, -log_volume, -np.inf)
+        return where(inside, -log_volume, -np.inf)
 
     def sample(self, n: int, rng):
         check_int("n", n)

@@ -58,6 +58,7 @@ from refflow.fused import (
     take_bin,
 )
 from refflow.nn import sigmoid, softplus, softplus_inverse
+from refflow.ops import maximum, where
 from refflow.solvers import invert_increasing
 
 __all__ = [
@@ -818,17 +819,17 @@ class RationalQuadraticSpline(_Elementwise):
             return rational_quadratic_spline(z, self.widths, self.heights, self.derivatives,
                                              self.bound)
         inside = self._inside(z)
-        z_in = np.where(inside, z, 0.0)          # masked first: tails never reach the logs
+        z_in = where(inside, z, 0.0)          # masked first: tails never reach the logs
         x_k, y_k, w, h, d0, d1 = self._bin(z_in, inverse=False)
         x, log_d = self._rational_quadratic((z_in - x_k) / w, h / w, h, y_k, d0, d1)
-        return np.where(inside, x, z), np.where(inside, log_d, 0.0)
+        return where(inside, x, z), where(inside, log_d, 0.0)
 
     def _inverse(self, x):
         if self.fused:
             return rational_quadratic_spline(x, self.widths, self.heights, self.derivatives,
                                              self.bound, True)
         inside = self._inside(x)
-        y = np.where(inside, x, 0.0)
+        y = where(inside, x, 0.0)
         x_k, y_k, w, h, d0, d1 = self._bin(y, inverse=True)
         s = h / w
         dy = y - y_k
@@ -836,7 +837,7 @@ class RationalQuadraticSpline(_Elementwise):
         qa = h * (s - d0) + dy * delta
         qb = h * d0 - dy * delta
         qc = -s * dy
-        disc = np.maximum(qb * qb - 4.0 * qa * qc, 0.0)     # >= 0 exactly; rounding aside
+        disc = maximum(qb * qb - 4.0 * qa * qc, 0.0)     # >= 0 exactly; rounding aside
         xi = 2.0 * qc / (-qb - np.sqrt(disc))
         _, log_d = self._rational_quadratic(xi, s, h, y_k, d0, d1)
-        return np.where(inside, x_k + xi * w, x), np.where(inside, log_d, 0.0)
+        return where(inside, x_k + xi * w, x), where(inside, log_d, 0.0)

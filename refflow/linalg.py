@@ -21,6 +21,7 @@ from typing import Any
 import autograd.numpy as np
 
 from refflow import backend
+from refflow.ops import where
 
 Array = Any  # a NumPy or CuPy array, or an autograd box around one
 
@@ -315,7 +316,7 @@ def slogdet(A: Array) -> tuple[Array, Array]:
         size = np.abs(pivot)
         zero = size == 0
         sign = sign * np.sign(pivot)
-        logabsdet = logabsdet + np.where(zero, -np.inf, np.log(size + zero))
+        logabsdet = logabsdet + where(zero, -np.inf, np.log(size + zero))
     return sign + 0.0, logabsdet  # + 0.0 turns the sign -0.0 of a zero pivot into 0.0
 
 

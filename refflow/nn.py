@@ -29,13 +29,14 @@ import autograd.numpy as np
 
 from refflow.checks import check_int
 from refflow.fused import FUSED_ACTIVATIONS, dense, masked_dense
+from refflow.ops import maximum, minimum, where
 
 __all__ = ["MLP", "MaskedMLP", "Conv2d", "ConvNet", "ACTIVATIONS", "activation", "sigmoid",
            "softplus", "softplus_inverse"]
 
 
 def _relu(x):
-    return np.maximum(x, 0.0)
+    return maximum(x, 0.0)
 
 
 def softplus(x):
@@ -68,7 +69,7 @@ def sigmoid(x):
 
 
 def _elu(x):
-    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
+    return where(x > 0, x, np.expm1(minimum(x, 0.0)))
 
 
 ACTIVATIONS = {

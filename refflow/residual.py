@@ -49,6 +49,7 @@ from refflow.jacobian import jacobian
 from refflow.linalg import logabsdet_lowrank, slogdet
 from refflow.nn import activation as _nn_activation
 from refflow.nn import sigmoid, softplus, softplus_inverse
+from refflow.ops import maximum, minimum, where
 from refflow.solvers import invert_increasing, invert_residual
 
 __all__ = ["ContractiveResidual", "LowRankResidual", "Planar", "Radial", "logdet_estimate"]
@@ -67,7 +68,7 @@ def _dlipswish(x):
 
 
 def _delu(x):
-    return np.exp(np.minimum(x, 0.0))
+    return np.exp(minimum(x, 0.0))
 
 
 # name -> (activation, its derivative); all increasing with slope <= 1, so 1-Lipschitz
@@ -117,7 +118,7 @@ def _spectral_bound(W):
 
 def _normalise(W, coeff: float):
     """W / max(1, bound(W) / c): spectral norm <= c, and W unchanged when already below c."""
-    return np.divide(W, np.maximum(1.0, _spectral_bound(W) / coeff))
+    return np.divide(W, maximum(1.0, _spectral_bound(W) / coeff))
 
 
 def _mlp(z, weights, biases, act):
@@ -609,7 +610,7 @@ class Radial:
         # the inner where keeps the sqrt of the unused branch away from 0 as well)
         sq = np.sum(d * d, axis=-1)
         positive = sq > 0
-        return np.where(positive, np.sqrt(np.where(positive, sq, 1.0)), 0.0)
+        return where(positive, np.sqrt(where(positive, sq, 1.0)), 0.0)
 
     def _log_det(self, r):
         h = 1.0 / np.add(r, self.alpha)

@@ -1,0 +1,81 @@
+r"""refflow's own differentiable primitives where autograd 1.9.1's VJP is wrong or upcasts.
+
+refflow leaves autograd as it is (``import refflow`` rebinds nothing inside it). Where model
+code needs a gradient that stock autograd gets wrong, it calls one of these instead, each an
+``autograd.extend.primitive`` with its VJP given by ``defvjp``, the public extension mechanism:
+
+- ``where(condition, x, y)``: autograd's VJP of ``where`` returns the gradient in the shape of
+  the result, not of the operand, so an operand broadcast against the others (an (N, 1)
+  column beside an (N, D) array) receives an (N, D) gradient: silently wrong downstream. Here
+  each operand's gradient is summed back to its own shape.
+- ``maximum(x, y)`` and ``minimum(x, y)``: autograd weights the gradient by a float64 ratio
+  (ties split half and half), so a float32 model gets float64 gradients. Here the weight has
+  the dtype of the result.
+
+All three work on any array type NumPy dispatches to (CuPy, the strict stand-in of the tests):
+the VJPs create their arrays with ``zeros_like`` and arithmetic only.
+
+Notes
+-----
+With r = where(c, x, y) and G = dL/dr: dL/dx = sum over broadcast axes of [c] G, and
+dL/dy = sum over broadcast axes of [not c] G. With r = max(x, y): dL/dx = G w(x, r, y),
+w = [x = r] / (1 + [x = y]), the same tie rule as autograd's.
+
+Examples
+--------
+>>> import numpy
+>>> from autograd import grad
+>>> u = numpy.array([[1.0], [2.0]])                          # (2, 1), broadcast to (2, 3)
+>>> grad(lambda u: where(numpy.ones((2, 3)) > 0, u, 0.0).sum())(u).tolist()
+[[3.0], [3.0]]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import autograd.numpy as np
+from autograd.extend import defvjp, primitive
+from autograd.numpy.numpy_vjps import unbroadcast_f
+
+__all__ = ["where", "maximum", "minimum"]
+
+
+@primitive
+def where(condition: Any, x: Any, y: Any) -> Any:
+    """Elements of ``x`` where ``condition`` holds, else of ``y`` (broadcast together)."""
+    return np.where(condition, x, y)
+
+
+defvjp(
+    where,
+    None,
+    lambda ans, c, x, y: unbroadcast_f(x, lambda g: np.where(c, g, np.zeros_like(g))),
+    lambda ans, c, x, y: unbroadcast_f(y, lambda g: np.where(c, np.zeros_like(g), g)),
+)
+
+
+@primitive
+def maximum(x: Any, y: Any) -> Any:
+    """The element-wise maximum of ``x`` and ``y``; float32 stays float32 in the gradient."""
+    return np.maximum(x, y)
+
+
+@primitive
+def minimum(x: Any, y: Any) -> Any:
+    """The element-wise minimum of ``x`` and ``y``; float32 stays float32 in the gradient."""
+    return np.minimum(x, y)
+
+
+def _tie_weight(a: Any, ans: Any, b: Any) -> Any:
+    # 1 where a is the extremum, 1/2 where a and b tie, 0 elsewhere; in the result's dtype
+    weight = (a == ans) / (1.0 + (a == b))
+    return weight.astype(np.result_type(ans), copy=False)
+
+
+for _extremum in (maximum, minimum):
+    defvjp(
+        _extremum,
+        lambda ans, x, y: unbroadcast_f(x, lambda g: g * _tie_weight(x, ans, y)),
+        lambda ans, x, y: unbroadcast_f(y, lambda g: g * _tie_weight(y, ans, x)),
+    )
