@@ -1,0 +1,165 @@
+r"""The fast layer's registry: reference functions marked replaceable, kernels that replace them.
+
+A reference module marks a function once, visibly, with ``@replaceable("name")``; its body
+stays the definition. A kernel module registers a fused replacement for that name and one
+array backend with ``@kernel("name", "numpy")``. At call time the dispatcher runs the kernel
+when the fast layer is enabled and a kernel exists for the backend of the call's arrays, and
+the reference otherwise (the strict test stand-in, for instance, has no kernel and always runs
+the reference). This is the only place that branches on the fast layer.
+
+The switch is a context variable: ``enabled(flag)`` holds for the current thread (and for the
+threads of a batch split, which copy the caller's context); ``set_enabled`` changes it for the
+current context; ``REFFLOW_FAST=0|1`` sets the default of every new thread. Default: on.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from autograd.tracer import getval
+
+__all__ = [
+    "replaceable",
+    "kernel",
+    "enabled",
+    "set_enabled",
+    "is_enabled",
+    "enabled_from_env",
+    "references",
+    "kernels",
+    "array_backend",
+]
+
+
+def enabled_from_env(environ: Any = None) -> bool:
+    """The default of the switch from ``REFFLOW_FAST`` (unset or empty: on).
+
+    Raises ``ValueError`` naming ``REFFLOW_FAST`` unless it is 0 or 1.
+    """
+    value = (os.environ if environ is None else environ).get("REFFLOW_FAST", "").strip()
+    if value in ("", "1"):
+        return True
+    if value == "0":
+        return False
+    raise ValueError(f"REFFLOW_FAST: expected 0 or 1, got {value!r}")
+
+
+_DEFAULT: bool = enabled_from_env()
+_enabled: ContextVar[bool] = ContextVar("refflow_fast", default=_DEFAULT)
+_references: dict[str, Callable] = {}
+_kernels: dict[str, dict[str, Callable]] = {}
+_loaded: list[bool] = [False]
+
+#: the modules whose import registers the kernels (loaded at the first dispatch, so that
+#: kernel modules may import reference modules without an import cycle)
+KERNEL_MODULES: tuple[str, ...] = ()
+
+
+def is_enabled() -> bool:
+    """True when replaceable functions run their kernels (where one exists)."""
+    return _enabled.get()
+
+
+def set_enabled(flag: bool) -> None:
+    """Turn the fast layer on or off for the current context (thread)."""
+    if not isinstance(flag, bool):
+        raise ValueError(f"flag: expected True or False, got {flag!r}")
+    _enabled.set(flag)
+
+
+@contextmanager
+def enabled(flag: bool) -> Iterator[None]:
+    """Run a block with the fast layer on (``True``) or off (``False``), then restore."""
+    if not isinstance(flag, bool):
+        raise ValueError(f"flag: expected True or False, got {flag!r}")
+    token = _enabled.set(flag)
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
+
+
+def array_backend(args: tuple) -> str | None:
+    """``"numpy"`` or ``"cupy"`` for the first array among ``args``; None for other types."""
+    for a in args:
+        value = getval(a)
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            continue
+        module = type(value).__module__
+        if module == "numpy":
+            return "numpy"
+        if module.startswith("cupy"):
+            return "cupy"
+        return None
+    return "numpy"
+
+
+def _load_kernels() -> None:
+    if not _loaded[0]:
+        _loaded[0] = True
+        for name in KERNEL_MODULES:
+            importlib.import_module(name)
+
+
+def replaceable(name: str) -> Callable[[Callable], Callable]:
+    """Mark a reference function as replaceable by a kernel registered under ``name``.
+
+    The returned function has the reference's signature and docstring, and keeps the
+    reference itself as its ``reference`` attribute.
+    """
+
+    def mark(reference: Callable) -> Callable:
+        if name in _references:
+            raise ValueError(f"name: {name!r} is already marked replaceable")
+        _references[name] = reference
+
+        @functools.wraps(reference)
+        def dispatch(*args, **kwargs):
+            if _enabled.get():
+                _load_kernels()
+                table = _kernels.get(name)
+                if table:
+                    fast = table.get(array_backend(args))
+                    if fast is not None:
+                        return fast(*args, **kwargs)
+            return reference(*args, **kwargs)
+
+        dispatch.reference = reference
+        dispatch.replaceable_name = name
+        return dispatch
+
+    return mark
+
+
+def kernel(name: str, backend: str = "numpy") -> Callable[[Callable], Callable]:
+    """Register a kernel as the replacement of the reference function ``name`` on ``backend``.
+
+    The kernel takes the reference's arguments and returns what it returns (same shapes and
+    dtypes, the same values up to rounding, the same gradients).
+    """
+    if backend not in ("numpy", "cupy"):
+        raise ValueError(f"backend: expected 'numpy' or 'cupy', got {backend!r}")
+
+    def register(fast: Callable) -> Callable:
+        _kernels.setdefault(name, {})[backend] = fast
+        return fast
+
+    return register
+
+
+def references() -> dict[str, Callable]:
+    """Every replaceable reference function, by name."""
+    return dict(_references)
+
+
+def kernels() -> dict[str, dict[str, Callable]]:
+    """Every registered kernel: name -> backend -> kernel (loads the kernel modules)."""
+    _load_kernels()
+    return {name: dict(table) for name, table in _kernels.items()}
