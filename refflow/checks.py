@@ -7,13 +7,36 @@ condition on a value being differentiated.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import autograd.numpy as np
 
-from refflow.backend import is_traced, to_numpy
+from refflow.backend import is_array, is_traced, to_numpy
 
-__all__ = ["check_array", "check_finite", "check_positive", "check_int"]
+__all__ = ["check_array", "check_finite", "check_positive", "check_int", "check_real"]
+
+# NumPy dtype kinds of real numbers: bool, signed and unsigned integers, floats
+_REAL_KINDS = "biuf"
+
+
+def check_real(name: str, x: Any) -> Any:
+    """Raise ``ValueError`` unless ``x`` is an array of real numbers (no complex, text, objects).
+
+    An array here is a NumPy array, one of the backend's registered array types (CuPy, the
+    test stand-in) or a NumPy scalar. A torch tensor or a list gets a ``ValueError`` naming
+    its type, so a caller learns to convert it, instead of a crash deep inside NumPy.
+    """
+    if is_traced(x):
+        return x
+    dtype = getattr(x, "dtype", None)
+    numpy_like = is_array(x) or isinstance(getattr(dtype, "kind", None), str)
+    if not numpy_like or getattr(x, "shape", None) is None:
+        kind = f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
+        raise ValueError(f"{name}: expected a NumPy or backend array, got {kind}")
+    if dtype.kind not in _REAL_KINDS:
+        raise ValueError(f"{name}: expected real numbers, got an array of dtype {dtype}")
+    return x
 
 
 def check_finite(name: str, x: Any) -> Any:
@@ -21,6 +44,8 @@ def check_finite(name: str, x: Any) -> Any:
     if is_traced(x):
         return x
     dtype = getattr(x, "dtype", None)
+    if dtype is not None and not isinstance(getattr(dtype, "kind", None), str):
+        check_real(name, x)
     # reduce on the device: one scalar comes back to the host, never the whole batch
     if dtype is not None and dtype.kind in "fc" and not bool(np.all(np.isfinite(x))):
         bad = int(to_numpy(np.sum(~np.isfinite(x))))
@@ -37,15 +62,15 @@ def check_array(
     last: int | tuple[int, ...] | None = None,
     finite: bool = True,
 ) -> Any:
-    """Check the rank, the trailing (event) shape and finiteness of an array argument.
+    """Check the type, rank, trailing (event) shape and finiteness of an array argument.
 
-    ``last`` is the expected size of the last axis, or the expected trailing shape.
+    The array must hold real numbers (``check_real``). ``last`` is the expected size of the
+    last axis, or the expected trailing shape.
     """
     if is_traced(x):
         return x
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        raise ValueError(f"{name}: expected an array, got {type(x).__name__}")
+    check_real(name, x)
+    shape = x.shape
     if ndim is not None and len(shape) != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d array, got shape {tuple(shape)}")
     if min_ndim is not None and len(shape) < min_ndim:
@@ -65,6 +90,8 @@ def check_positive(name: str, x: Any) -> Any:
     """Raise ``ValueError`` unless every entry of ``x`` is finite and > 0."""
     if is_traced(x):
         return x
+    if not isinstance(x, numbers.Real):
+        check_real(name, x)
     check_finite(name, x)
     if not bool(np.all(to_numpy(x) > 0)):
         raise ValueError(f"{name}: expected strictly positive values")
@@ -72,7 +99,11 @@ def check_positive(name: str, x: Any) -> Any:
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum``.
+
+    Python ints and NumPy integer scalars (``numpy.int64(3)``) count; ``bool`` does not.
+    ``numbers.Integral`` covers both: ``autograd.numpy.integer`` is not ``numpy.integer``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
