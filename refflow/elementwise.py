@@ -154,6 +154,17 @@ class _Elementwise:
         z, log_d = self._inverse(x)
         return z, -np.sum(log_d, axis=-1)
 
+    def forward_elementwise(self, z):
+        """x = h(z) and log h'(z), element-wise: the transformer protocol of ``Coupling``,
+        ``MAF`` and ``IAF`` (one call gives the value and the log-derivative; z and the
+        parameters broadcast, so a (N, 1) grid evaluates every h_i)."""
+        return self._forward(z)
+
+    def inverse_elementwise(self, x):
+        """z = h^{-1}(x) and log (h^{-1})'(x) = -log h'(z), element-wise."""
+        z, log_d = self._inverse(x)
+        return z, -log_d
+
     def transform(self, z):
         """h(z) element-wise, broadcasting z and the parameters (a (N, 1) grid for every h_i)."""
         return self._forward(z)[0]

@@ -89,6 +89,24 @@ def test_derivative_matches_finite_differences(seed, cls):
 
 
 @SETTINGS
+@given(seed=seeds, cls=st.sampled_from(CLASSES))
+def test_transformer_protocol_gives_value_and_log_derivative_in_one_call(seed, cls):
+    # what Coupling, MAF and IAF call: the value and log|dh/dz| element-wise, both directions
+    f = random_transformer(cls, seed, 3)
+    z = 2.5 * numpy.random.default_rng(seed + 1).standard_normal((16, 3))
+    x, log_d = f.forward_elementwise(z)
+    assert x.shape == z.shape and log_d.shape == z.shape
+    atol = 1e-6 if cls is Integral else 1e-7
+    numpy.testing.assert_allclose(numpy.exp(log_d), fd_derivative(f.transform, z),
+                                  rtol=1e-6, atol=atol)
+    back, log_d_inv = f.inverse_elementwise(x)
+    numpy.testing.assert_allclose(back, z, rtol=1e-7, atol=1e-7)
+    # the inverse's log-derivative is log (h^{-1})'(x) = -log h'(z), by FD of h^{-1}
+    numpy.testing.assert_allclose(numpy.exp(log_d_inv), fd_derivative(f.inverse_transform, x),
+                                  rtol=1e-5, atol=atol)
+
+
+@SETTINGS
 @given(seed=seeds)
 def test_spline_derivative_at_knots_ends_and_tails(seed):
     spline = random_transformer(RationalQuadraticSpline, seed, 4, scale=1.5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import pkgutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -56,9 +57,6 @@ _references: dict[str, Callable] = {}
 _kernels: dict[str, dict[str, Callable]] = {}
 _loaded: list[bool] = [False]
 
-#: the modules whose import registers the kernels (loaded at the first dispatch, so that
-#: kernel modules may import reference modules without an import cycle)
-KERNEL_MODULES: tuple[str, ...] = ()
 
 
 def is_enabled() -> bool:
@@ -102,10 +100,14 @@ def array_backend(args: tuple) -> str | None:
 
 
 def _load_kernels() -> None:
+    # every module of refflow.fast but this one registers kernels; they are imported at the
+    # first dispatch, not with the package, so that they may import the reference modules
     if not _loaded[0]:
         _loaded[0] = True
-        for name in KERNEL_MODULES:
-            importlib.import_module(name)
+        package = importlib.import_module("refflow.fast")
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name != "registry":
+                importlib.import_module(f"refflow.fast.{info.name}")
 
 
 def replaceable(name: str) -> Callable[[Callable], Callable]:
