@@ -184,3 +184,203 @@ def test_save_refuses_what_it_cannot_rebuild(tmp_path):
         save(str(tmp_path / "no" / "x.npz"), Diagonal(numpy.ones(1), numpy.zeros(1)))
     with pytest.raises(ValueError, match=".npz"):
         save(str(tmp_path / "x.bin"), Diagonal(numpy.ones(1), numpy.zeros(1)))
+
+
+# ---------------------------------------------------------------- atomic save
+
+
+def _diag_flow(scale):
+    from refflow.affine import Diagonal
+
+    scale = numpy.asarray(scale, dtype=float)
+    return Flow(StandardNormal(scale.shape[0]), Diagonal(scale, numpy.zeros_like(scale)))
+
+
+def test_a_write_failing_half_way_keeps_the_previous_model(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "model.npz"
+    save(str(path), _diag_flow([2.0, 3.0]))
+    real = numpy.lib.format.write_array
+    calls = []
+
+    def disk_full(fp, array, *args, **kwargs):
+        # the first member goes out whole, the second half-way, then the disk is full
+        calls.append(array.nbytes)
+        if len(calls) == 2:
+            fp.write(array.tobytes()[: array.nbytes // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fp, array, *args, **kwargs)
+
+    monkeypatch.setattr(numpy.lib.format, "write_array", disk_full)
+    with pytest.raises(OSError, match="space"):
+        save(str(path), _diag_flow([5.0, 7.0, 11.0]))
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert B.to_numpy(load(str(path)).bijection.scale).tolist() == [2.0, 3.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"]  # no temporary left
+
+
+def test_save_onto_a_folder_name(tmp_path):
+    folder = tmp_path / "model.npz"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="path: .* is a folder"):
+        save(str(folder), _diag_flow([1.0]))
+
+
+# ---------------------------------------------------------------- load refuses what save never writes
+
+
+def _header(members):
+    return json.loads(members["__refflow__"].tobytes())
+
+
+def _set_header(members, header):
+    """Put ``header`` into ``members`` and drop the arrays it no longer names."""
+    members["__refflow__"] = numpy.frombuffer(json.dumps(header).encode(), dtype=numpy.uint8)
+    used = set()
+
+    def walk(spec):
+        if isinstance(spec, dict):
+            used.add(spec.get("array"))
+            for v in spec.values():
+                walk(v)
+        elif isinstance(spec, list):
+            for v in spec:
+                walk(v)
+
+    walk(header)
+    for key in [k for k in members if not k.startswith("__") and k not in used]:
+        del members[key]
+
+
+def test_forged_complex_and_text_arrays_with_a_recomputed_digest(tmp_path):
+    # the digest is recomputed, so only the dtype check can refuse these
+    for bad in (numpy.array([2.0 + 0j, numpy.nan * 1j]), numpy.array(["2.0", "3.0"])):
+        path = tmp_path / "m.npz"
+        save(str(path), _diag_flow([2.0, 3.0]))
+        members = _members(path)
+        header = _header(members)
+        key = header["root"]["fields"]["bijection"]["fields"]["scale"]["array"]
+        header["root"]["fields"]["bijection"]["fields"]["scale"]["dtype"] = bad.dtype.str
+        members[key] = bad
+        _set_header(members, header)
+        _rewrite(path, members)
+        with pytest.raises(ValueError, match="not a real dtype"):
+            load(str(path))
+
+
+@pytest.mark.parametrize("where, value, match", [
+    (("base",), {"value": 1}, "Flow.base: expected a distribution"),
+    (("bijection",), {"float": (1.5).hex()}, "Flow.bijection: expected a bijection"),
+    (("bijection", "scale"), {"value": 2}, "Diagonal.scale: expected arrays"),
+])
+def test_forged_field_kinds_are_refused(tmp_path, where, value, match):
+    path = tmp_path / "m.npz"
+    save(str(path), _diag_flow([2.0, 3.0]))
+    members = _members(path)
+    header = _header(members)
+    spec = header["root"]
+    for name in where[:-1]:
+        spec = spec["fields"][name]
+    spec["fields"][where[-1]] = value
+    _set_header(members, header)
+    _rewrite(path, members)
+    with pytest.raises(ValueError, match=match):
+        load(str(path))
+
+
+def test_forged_compose_of_a_number_is_refused(tmp_path):
+    from refflow.affine import Diagonal
+    from refflow.core import Compose
+
+    path = tmp_path / "m.npz"
+    save(str(path), Compose(Diagonal(numpy.ones(2), numpy.zeros(2))))
+    members = _members(path)
+    header = _header(members)
+    header["root"]["fields"]["bijections"] = {"tuple": [{"value": 42}]}
+    _set_header(members, header)
+    _rewrite(path, members)
+    with pytest.raises(ValueError, match="Compose.bijections"):
+        load(str(path))
+
+
+def test_a_declared_shape_of_a_trillion_entries_is_a_value_error(tmp_path):
+    path = tmp_path / "m.npz"
+    save(str(path), _diag_flow([2.0, 3.0]))
+    members = _members(path)
+    header = _header(members)
+    header["root"]["fields"]["bijection"]["fields"]["scale"]["shape"] = [10**12]
+    _set_header(members, header)
+    _rewrite(path, members)
+    with pytest.raises(ValueError, match="declares shape"):
+        load(str(path))
+
+
+class _ByteCounter:
+    """Counts the bytes zipfile hands out from members (what inflating costs)."""
+
+    def __init__(self, monkeypatch):
+        self.total = 0
+        read, readinto = zipfile.ZipExtFile.read, zipfile.ZipExtFile.readinto
+
+        def counted_read(fh, n=-1):
+            out = read(fh, n)
+            self.total += len(out)
+            return out
+
+        def counted_readinto(fh, buf):
+            got = readinto(fh, buf)
+            self.total += got
+            return got
+
+        monkeypatch.setattr(zipfile.ZipExtFile, "read", counted_read)
+        monkeypatch.setattr(zipfile.ZipExtFile, "readinto", counted_readinto)
+
+
+def test_a_zip_bomb_member_is_refused_without_inflating_it(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.npz"
+    save(str(path), _diag_flow([2.0, 3.0]))
+    zeros = bytes(50 * 2**20)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.npy", zeros)
+    assert path.stat().st_size * 200 < len(zeros)  # it compresses at least 200x
+    counter = _ByteCounter(monkeypatch)
+    with pytest.raises(ValueError, match="do not match the description"):
+        load(str(path))
+    assert counter.total < 2**16
+
+
+def test_a_compressed_model_is_refused_without_inflating_it(tmp_path, monkeypatch):
+    # a member the description names, with a consistent (large) shape, but deflated 1000x
+    path = tmp_path / "big.npz"
+    n = 2 * 10**6
+    save(str(path), _diag_flow(numpy.ones(n)))
+    members = _members(path)
+    numpy.savez_compressed(path, **members)
+    assert path.stat().st_size * 200 < 16 * n
+    counter = _ByteCounter(monkeypatch)
+    with pytest.raises(ValueError, match="compressed"):
+        load(str(path))
+    assert counter.total < 2**16
+
+
+def test_every_single_bit_flip_gives_a_value_error_or_the_same_model(tmp_path):
+    path = tmp_path / "m.npz"
+    flow = _diag_flow([2.0, 3.0])
+    save(str(path), flow)
+    data = path.read_bytes()
+    refused = 0
+    for i in range(len(data)):
+        flipped = bytearray(data)
+        flipped[i] ^= 1 << (i % 8)
+        path.write_bytes(bytes(flipped))
+        try:
+            back = load(str(path))
+        except ValueError:
+            refused += 1
+            continue
+        # a flip in a field zipfile ignores (a timestamp) may leave the content intact
+        assert _arrays(back) and all(numpy.array_equal(a, b)
+                                     for a, b in zip(_arrays(back), _arrays(flow)))
+    assert refused > 0.8 * len(data)
