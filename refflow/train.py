@@ -145,6 +145,21 @@ def _host_floats(values: list) -> list:
     return [float(v) for v in B.to_numpy(B.xp().stack([B.xp().asarray(v) for v in values]))]
 
 
+def _check_finite_step(value: float, grads: list, step: int, what: str) -> None:
+    """Raise ``FloatingPointError`` when the objective or a gradient is NaN or infinite.
+
+    Checked at every evaluation (one device sync per ``eval_every`` steps): a NaN gradient
+    turns every parameter NaN through Adam, even a scale built positive by construction.
+    """
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} became {value} at step {step}: lower lr or set "
+                                 f"clip_norm")
+    finite = _host_floats([np.all(np.isfinite(g)) for g in grads])
+    if not all(finite):
+        raise FloatingPointError(f"a gradient of the {what} became NaN or infinite at step "
+                                 f"{step}: lower lr or set clip_norm")
+
+
 def _check_common(steps, batch_size, lr, rng, clip_norm, eval_every, schedule):
     check_int("steps", steps)
     check_int("batch_size", batch_size)
@@ -233,6 +248,12 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
         ``"step"``, ``"val_nll"``, ``"lr"``: per evaluation; ``"best_step"``,
         ``"best_val_nll"``, ``"stopped_early"``.
 
+    Raises
+    ------
+    ValueError : bad arguments or data (wrong shape, NaN, complex, not an array).
+    FloatingPointError : the NLL or a gradient became NaN or infinite (checked at every
+        evaluation).
+
     Notes
     -----
     Lecture: "MLE problem". Minimises L(S) = -(1/|S|) sum_{x in S} log p_theta(x).
@@ -282,11 +303,7 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
                 continue
             history["loss"].extend(_host_floats(pending))
             pending = []
-            if not math.isfinite(history["loss"][-1]):
-                raise FloatingPointError(
-                    f"training NLL became {history['loss'][-1]} at step {step}: lower lr "
-                    f"or set clip_norm"
-                )
+            _check_finite_step(history["loss"][-1], grads, step, "training NLL")
             history["step"].append(step)
             history["lr"].append(rate)
             current = rebuild(params)
@@ -355,6 +372,12 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
     history : dict; ``"elbo"``: the Monte Carlo ELBO (beta = 1) of every step's samples;
         ``"step"``, ``"lr"`` per evaluation.
 
+    Raises
+    ------
+    ValueError : bad arguments, a ``log_target`` that does not give one value per sample.
+    FloatingPointError : the ELBO estimate or a gradient became NaN or infinite (checked at
+        every evaluation, as in ``fit``).
+
     Notes
     -----
     Lecture: the second application, variational inference: "sampling and evaluating from
@@ -411,6 +434,7 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
                 continue
             history["elbo"].extend(_host_floats(pending))
             pending = []
+            _check_finite_step(history["elbo"][-1], grads, step, "ELBO")
             history["step"].append(step)
             history["lr"].append(rate)
             if bar is not None:

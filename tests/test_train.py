@@ -179,3 +179,48 @@ def test_annealing_and_vi_errors():
         fit_vi(_gauss_flow(), target, steps=1, rng=B.rng(0), anneal_steps=-1)
     with pytest.raises(ValueError, match="n"):
         elbo(_gauss_flow(), target, 0, B.rng(0))
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_patience_counts_evaluations_without_improvement(patience):
+    # lr = 0: the parameters, hence the validation NLL, never change. The first evaluation
+    # sets the best; each later one is an evaluation without improvement, and the
+    # documented meaning stops training after exactly `patience` of them.
+    data = B.rng(0).normal(0.0, 1.0, (40, 1))
+    _, hist = fit(_gauss_flow(), data, steps=50, batch_size=8, lr=0.1, rng=B.rng(1),
+                  validation=0.25, patience=patience, eval_every=1, schedule=lambda t: 0.0)
+    assert hist["step"] == list(range(1, patience + 2))
+    assert hist["best_step"] == 1 and hist["stopped_early"]
+    assert len(set(hist["val_nll"])) == 1
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_fit_vi_refuses_a_nan_target():
+    # log z is NaN for z < 0: without a check, Adam turns every parameter into NaN, even the
+    # scale of a Diagonal whose constructor demands a positive one
+    with pytest.raises(FloatingPointError, match="ELBO became nan at step 5"):
+        fit_vi(_gauss_flow(), lambda z: B.xp().log(z[:, 0]), steps=20, rng=B.rng(0),
+               batch_size=16, lr=0.01, eval_every=5)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_fit_vi_refuses_a_nan_gradient_with_a_finite_elbo():
+    import autograd.numpy as anp
+
+    def log_target(z):
+        # the value is finite, the gradient of sqrt at 0 times 0 is NaN
+        return -0.5 * z[:, 0] ** 2 + anp.sqrt(0.0 * anp.abs(z[:, 0]))
+
+    with pytest.raises(FloatingPointError, match="gradient of the ELBO"):
+        fit_vi(_gauss_flow(), log_target, steps=3, rng=B.rng(0), batch_size=16, lr=0.01,
+               eval_every=1)
+
+
+def test_numpy_integers_are_integers():
+    data = B.rng(0).normal(0.0, 1.0, (32, 1))
+    _, hist = fit(_gauss_flow(), data, steps=numpy.int64(4), batch_size=numpy.int32(8),
+                  lr=0.1, rng=B.rng(0), eval_every=numpy.int64(2))
+    assert hist["step"] == [2, 4]
+    _, hist = fit_vi(_gauss_flow(), lambda z: -0.5 * z[:, 0] ** 2, steps=numpy.uint8(2),
+                     rng=B.rng(0), batch_size=numpy.int64(4), eval_every=numpy.int16(1))
+    assert hist["step"] == [1, 2]
