@@ -384,3 +384,20 @@ def test_every_single_bit_flip_gives_a_value_error_or_the_same_model(tmp_path):
         assert _arrays(back) and all(numpy.array_equal(a, b)
                                      for a, b in zip(_arrays(back), _arrays(flow)))
     assert refused > 0.8 * len(data)
+
+
+def test_every_planar_flow_the_parameterisation_gives_saves_and_loads(tmp_path):
+    # training at a large learning rate drives w . u far below -36: softplus underflows and
+    # u + k w cancels along w; w . v then rounded to -1.00000002 and load refused the file
+    from refflow.residual import Planar
+
+    rng = numpy.random.default_rng(0)
+    path = str(tmp_path / "p.npz")
+    for _ in range(200):
+        w = rng.standard_normal(3) * 10 ** rng.uniform(-2, 5)
+        u = rng.standard_normal(3) * 10 ** rng.uniform(-2, 9)
+        theta = numpy.concatenate([w, u, rng.standard_normal(1)])
+        planar = Planar.from_unconstrained(theta)
+        save(path, planar)
+        back = load(path)
+        assert numpy.array_equal(B.to_numpy(back.v), B.to_numpy(planar.v))
