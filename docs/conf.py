@@ -35,7 +35,6 @@ version = release
 
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.mathjax",
     "sphinx.ext.doctest",
     "numpydoc",
     "myst_parser",
@@ -74,6 +73,11 @@ import refflow
 from refflow import backend as B
 """
 
+# Equations are turned into MathML while the pages are built (latex2mathml, pure Python), and
+# the browser draws MathML itself: the pages load no script and read offline. MathJax from a
+# CDN left every equation as raw LaTeX without a network.
+html_math_renderer = "mathml"
+
 html_theme = "alabaster"
 html_static_path = ["_static"] if (DOCS / "_static").is_dir() else []
 html_title = f"refflow {release}"
@@ -81,6 +85,32 @@ html_theme_options = {
     "description": "Normalizing flows, read beside the lecture",
     "fixed_sidebar": True,
 }
+
+def _mathml(latex: str, block: bool) -> str:
+    from latex2mathml.converter import convert
+
+    return convert(latex.strip(), display="block" if block else "inline")
+
+
+def _visit_math(self, node: nodes.Node) -> None:
+    self.body.append(_mathml(node.astext(), block=False))
+    raise nodes.SkipNode
+
+
+def _visit_displaymath(self, node: nodes.Node) -> None:
+    # like Sphinx's MathJax renderer: equations separated by blank lines are shown one by one,
+    # and a multi-line one (``\\`` breaks, ``&`` alignment) is an aligned block
+    parts = [p for p in node.astext().split("\n\n") if p.strip()]
+    if node.get("number"):
+        self.body.append(f'<span class="eqno">({node["number"]})</span>')
+    self.body.append('<div class="math notranslate nohighlight">')
+    for part in parts:
+        if not node.get("nowrap") and ("\\\\" in part or "&" in part):
+            part = f"\\begin{{aligned}}{part}\\end{{aligned}}"
+        self.body.append(_mathml(part, block=True))
+    self.body.append("</div>\n")
+    raise nodes.SkipNode
+
 
 class OptionalFigure(Figure):
     """``.. refflow-figure:: ../_static/tour/moons_realnvp.png``: a figure shown when present.
@@ -222,6 +252,7 @@ def describe_constants(app, what, name, obj, options, lines: list[str]) -> None:
 
 
 def setup(app):
+    app.add_html_math_renderer("mathml", (_visit_math, None), (_visit_displaymath, None))
     app.connect("autodoc-process-docstring", describe_constants, priority=90)
     app.connect("autodoc-process-docstring", escape_plain_formulas, priority=100)
     app.add_directive("refflow-result", ResultDirective)
