@@ -32,7 +32,8 @@ import autograd.numpy as np
 
 from refflow.backend import eye_like, is_array, is_traced
 
-__all__ = ["partition", "map_arrays", "count_parameters", "CONSTRAINTS", "is_static_field"]
+__all__ = ["partition", "map_arrays", "count_parameters", "describe", "CONSTRAINTS",
+           "is_static_field"]
 
 
 def _unit_lower(u):
@@ -155,3 +156,60 @@ def count_parameters(obj: Any) -> int:
     """The number of scalar parameters (the sizes of the unconstrained leaves)."""
     leaves, _ = partition(obj)
     return int(sum(int(np.size(leaf)) for leaf in leaves))
+
+
+def _shape_text(x: Any) -> str:
+    value = getattr(x, "_value", x)
+    return f"{value.dtype}{list(value.shape)}"
+
+
+def _static_text(value: Any, width: int = 48) -> str:
+    text = _shape_text(value) if _is_array(value) else repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _is_module(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _describe(obj: Any, label: str, depth: int, lines: list) -> None:
+    pad = "  " * depth
+    head = f"{pad}{label}{type(obj).__name__}"
+    count = count_parameters(obj)
+    if count:
+        head += f"  ({count:,} parameters)"
+    children = []
+    config = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        items = value if isinstance(value, (tuple, list)) else None
+        if _is_module(value) or (_is_array(value) and not f.metadata.get("static", False)):
+            children.append((f.name, value))
+        elif items and any(_is_module(v) or _is_array(v) for v in items):
+            children.extend((f"{f.name}[{i}]", v) for i, v in enumerate(items))
+        else:
+            config.append(f"{f.name}={_static_text(value)}")
+    lines.append("  ".join([head, *config]))
+    for name, value in children:
+        if _is_module(value):
+            _describe(value, f"{name}: ", depth + 1, lines)
+        else:
+            lines.append(f"{pad}  {name}: {_static_text(value)}")
+
+
+def describe(obj: Any) -> str:
+    """A tree of the bijections in ``obj``: class names, static configuration, parameter shapes
+    and counts (what ``print(flow)`` shows; the arrays themselves stay one attribute away).
+
+    >>> import numpy
+    >>> from refflow.affine import Diagonal
+    >>> print(describe(Diagonal(numpy.array([2.0, 0.5]), numpy.array([0.0, 1.0]))))
+    Diagonal  (4 parameters)
+      scale: float64[2]
+      shift: float64[2]
+    """
+    if not _is_module(obj):
+        return _static_text(obj)
+    lines: list[str] = []
+    _describe(obj, "", 0, lines)
+    return "\n".join(lines)
