@@ -47,16 +47,7 @@ from autograd.tracer import getval
 
 from refflow.backend import to_numpy
 from refflow.checks import check_array, check_int, check_positive
-from refflow.fused import (
-    bin_index,
-    cumsum_last,
-    max_last,
-    rational_quadratic_spline,
-    spline_bins,
-    spline_slopes,
-    sum_last,
-    take_bin,
-)
+from refflow.fast import replaceable
 from refflow.nn import sigmoid, softplus, softplus_inverse
 from refflow.ops import maximum, where
 from refflow.solvers import invert_increasing
@@ -67,6 +58,11 @@ __all__ = [
     "Monotone",
     "Integral",
     "RationalQuadraticSpline",
+    "spline_bins",
+    "spline_slopes",
+    "spline_knots",
+    "rational_quadratic_forward",
+    "rational_quadratic_inverse",
     "clenshaw_curtis",
     "integrate_from_zero",
 ]
@@ -654,6 +650,131 @@ class Integral(_Elementwise):
 # ------------------------------------------------------------------------------ spline
 
 
+@replaceable("spline_bins")
+def spline_bins(logits, total: float, minimum: float):
+    r"""K bin sizes total (m + (1 - K m) softmax(logits)): each >= total m, summing to total.
+
+    Parameters
+    ----------
+    logits : array (..., K), any real values; the softmax is over the last axis.
+    total : float, the length the bins cover (2B for a spline on [-B, B]).
+    minimum : float, m, the smallest bin as a fraction of ``total`` (K m < 1).
+
+    Notes
+    -----
+    Lecture: Constructing flows, "Splines" (the bins from unconstrained numbers). Cost O(K).
+    """
+    k = np.shape(logits)[-1]
+    # shifted by the largest logit: the softmax is unchanged and exp cannot overflow
+    e = np.exp(logits - np.max(logits, axis=-1, keepdims=True))
+    return total * (minimum + (1.0 - k * minimum) * e / np.sum(e, axis=-1, keepdims=True))
+
+
+@replaceable("spline_slopes")
+def spline_slopes(t, minimum: float):
+    r"""Knot derivatives m + (1 - m) softplus(t) / log 2: each > m, and 1 at t = 0.
+
+    Notes
+    -----
+    Lecture: Constructing flows, "Splines" (positive knot derivatives keep h increasing).
+    """
+    return minimum + (1.0 - minimum) * softplus(t) / math.log(2.0)
+
+
+def spline_knots(sizes, bound: float):
+    r"""Knots -B + sum_{j<k} sizes_j, k = 0..K: (..., K + 1) from K bin sizes (..., K).
+
+    The K sizes sum to 2B up to rounding, so the last knot is pinned to B.
+    """
+    zero = np.zeros_like(sizes[..., :1])
+    below = np.concatenate([zero, np.cumsum(sizes[..., :-1], axis=-1)], axis=-1) - bound
+    return np.concatenate([below, zero + bound], axis=-1)                     # (..., K + 1)
+
+
+def _inside(v, bound: float):
+    # open interval: at +-B itself the identity tail gives h = +-B and h' = 1 exactly, the
+    # spline's own values there up to rounding (y_{K-1} + h_{K-1} may miss B by an ulp)
+    raw = getval(v)
+    return (raw > -bound) & (raw < bound)
+
+
+def _bin(v, widths, heights, derivatives, bound: float, inverse: bool):
+    """(x_k, y_k, w_k, h_k, delta_k, delta_{k+1}) of the bin k holding v, per element, v in
+    (-B, B); the bin is searched among the x-knots (forward) or the y-knots (inverse)."""
+    xs, ys = spline_knots(widths, bound), spline_knots(heights, bound)       # (..., D, K + 1)
+    knots = ys if inverse else xs
+    # the one-hot of k: knot_k <= v < knot_{k+1} holds for exactly one k (no gradient)
+    in_bin = ((getval(v)[..., None] >= getval(knots)[..., :-1])
+              & (getval(v)[..., None] < getval(knots)[..., 1:]))            # (..., D, K)
+
+    def pick(table):
+        return np.sum(table * in_bin, axis=-1)
+
+    ones = np.ones_like(derivatives[..., :1])
+    delta = np.concatenate([ones, derivatives, ones], axis=-1)  # h' = 1 at both end knots
+    return (pick(xs[..., :-1]), pick(ys[..., :-1]), pick(widths), pick(heights),
+            pick(delta[..., :-1]), pick(delta[..., 1:]))
+
+
+def _rational_quadratic(xi, s, h, y_k, d0, d1):
+    """(h(z), log h'(z)) in a bin, from xi = (z - x_k) / w in [0, 1]."""
+    m = xi * (1.0 - xi)
+    den = s * (xi * xi + (1.0 - xi) ** 2) + (d0 + d1) * m     # = s + (d0 + d1 - 2s) m > 0
+    x = y_k + h * (s * xi * xi + d0 * m) / den
+    num = d1 * xi * xi + 2.0 * s * m + d0 * (1.0 - xi) ** 2
+    return x, 2.0 * np.log(s) + np.log(num) - 2.0 * np.log(den)
+
+
+@replaceable("rational_quadratic_forward")
+def rational_quadratic_forward(z, widths, heights, derivatives, bound: float):
+    r"""(h(z), log h'(z)) element-wise for the rational-quadratic spline with identity tails.
+
+    Parameters
+    ----------
+    z : array (..., D).
+    widths, heights : arrays (..., D, K) broadcasting against z, bins summing to 2B.
+    derivatives : array (..., D, K - 1), h' > 0 at the interior knots.
+    bound : float, B.
+
+    Notes
+    -----
+    Lecture: Constructing flows, "Splines"; the formulas are in ``RationalQuadraticSpline``.
+    Inputs outside (-B, B) are replaced by 0 before the spline maths (``where``
+    differentiates both branches, so masking the output alone would let a tail input put
+    inf or NaN into the gradient). Cost O(K) per element.
+    """
+    inside = _inside(z, bound)
+    z_in = where(inside, z, 0.0)
+    x_k, y_k, w, h, d0, d1 = _bin(z_in, widths, heights, derivatives, bound, inverse=False)
+    x, log_d = _rational_quadratic((z_in - x_k) / w, h / w, h, y_k, d0, d1)
+    return where(inside, x, z), where(inside, log_d, 0.0)
+
+
+@replaceable("rational_quadratic_inverse")
+def rational_quadratic_inverse(x, widths, heights, derivatives, bound: float):
+    r"""(h^{-1}(x), log h'(h^{-1}(x))) element-wise: the inverse of
+    ``rational_quadratic_forward``, the root xi in [0, 1] of the bin's quadratic.
+
+    Notes
+    -----
+    Lecture: Constructing flows, "Splines". xi = 2c / (-b - sqrt(b^2 - 4ac)) avoids the
+    cancellation of (-b + sqrt(.)) / 2a. Cost O(K) per element.
+    """
+    inside = _inside(x, bound)
+    y = where(inside, x, 0.0)
+    x_k, y_k, w, h, d0, d1 = _bin(y, widths, heights, derivatives, bound, inverse=True)
+    s = h / w
+    dy = y - y_k
+    delta = d0 + d1 - 2.0 * s
+    qa = h * (s - d0) + dy * delta
+    qb = h * d0 - dy * delta
+    qc = -s * dy
+    disc = maximum(qb * qb - 4.0 * qa * qc, 0.0)     # >= 0 exactly; rounding aside
+    xi = 2.0 * qc / (-qb - np.sqrt(disc))
+    _, log_d = _rational_quadratic(xi, s, h, y_k, d0, d1)
+    return where(inside, x_k + xi * w, x), where(inside, log_d, 0.0)
+
+
 @dataclass(frozen=True, eq=False)
 class RationalQuadraticSpline(_Elementwise):
     r"""Monotone rational-quadratic spline with K bins on [-B, B] and identity tails.
@@ -714,10 +835,6 @@ class RationalQuadraticSpline(_Elementwise):
     bound: float = field(default=3.0, metadata={"static": True})
     P: ClassVar[int] = 3 * 8 - 1
     _SHAPE_FIELD: ClassVar[tuple[str, int]] = ("widths", 1)
-    # the fast path (refflow.fused: one primitive each for the bins, the knot slopes and the
-    # spline with its hand-written VJP); False runs the readable code below, its definition
-    fused: ClassVar[bool] = True
-
     def __post_init__(self):
         if not (isinstance(self.bound, (int, float)) and math.isfinite(self.bound)
                 and self.bound > 0):
@@ -761,19 +878,9 @@ class RationalQuadraticSpline(_Elementwise):
         m + (1 - m) softplus / log 2 (so theta = 0 gives uniform bins and slopes 1)."""
         k = _check_bins((np.shape(theta)[-1] + 1) // 3 if bins is None else bins)
         t_w, t_h, t_d = _split(theta, (k, k, k - 1), cls.__name__)
-        if cls.fused:
-            return _build(cls, widths=spline_bins(t_w, 2.0 * bound, MIN_BIN),
-                          heights=spline_bins(t_h, 2.0 * bound, MIN_BIN),
-                          derivatives=spline_slopes(t_d, MIN_DERIVATIVE), bound=float(bound))
-
-        def bins_of(logits):
-            # max_last / sum_last: the max and sum over the K bins, fast (refflow.fused)
-            e = np.exp(logits - max_last(logits))
-            return 2.0 * bound * (MIN_BIN + (1.0 - k * MIN_BIN) * e / sum_last(e))
-
-        deriv = MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * softplus(t_d) / math.log(2.0)
-        return _build(cls, widths=bins_of(t_w), heights=bins_of(t_h), derivatives=deriv,
-                      bound=float(bound))
+        return _build(cls, widths=spline_bins(t_w, 2.0 * bound, MIN_BIN),
+                      heights=spline_bins(t_h, 2.0 * bound, MIN_BIN),
+                      derivatives=spline_slopes(t_d, MIN_DERIVATIVE), bound=float(bound))
 
     def to_unconstrained(self):
         """The theta (..., D, 3K - 1) that ``from_unconstrained`` maps to this bijection."""
@@ -786,69 +893,16 @@ class RationalQuadraticSpline(_Elementwise):
                                 / (1.0 - MIN_DERIVATIVE))
         return _stack_last([logits_of(self.widths), logits_of(self.heights), t_d])
 
-    def _knots(self, sizes):
-        # x_k = -B + sum_{j<k} w_j for k < K (cumsum_last: np.cumsum over the bins, fast);
-        # the sum over all bins is 2B up to rounding, so the last knot is pinned to B
-        edge = np.zeros_like(sizes[..., :1])
-        return np.concatenate([cumsum_last(sizes, True) - self.bound, edge + self.bound],
-                              axis=-1)
-
     def knots(self):
         """The knots: x_k (..., D, K + 1), y_k (..., D, K + 1) and h'(x_k) (..., D, K + 1)."""
         ones = np.ones_like(self.derivatives[..., :1])
-        return (self._knots(self.widths), self._knots(self.heights),
+        return (spline_knots(self.widths, self.bound), spline_knots(self.heights, self.bound),
                 np.concatenate([ones, self.derivatives, ones], axis=-1))
 
-    def _bin(self, v, inverse: bool):
-        """(x_k, y_k, w, h_k, delta_k, delta_{k+1}) of the bin holding v, per element; the bin
-        is searched among the x-knots (forward) or the y-knots (inverse)."""
-        xs, ys, delta = self.knots()                                          # (..., D, K + 1)
-        # a gather per table (refflow.fused: O(1) per element, one-hot VJP, no scatter)
-        k = bin_index(v, ys if inverse else xs)                               # (..., D)
-        x_k, y_k = take_bin(xs, k), take_bin(ys, k)
-        w = take_bin(xs, k + 1) - x_k
-        h = take_bin(ys, k + 1) - y_k
-        return x_k, y_k, w, h, take_bin(delta, k), take_bin(delta, k + 1)
-
-    def _inside(self, v):
-        # open interval: at +-B itself the identity tail gives h = +-B and h' = 1 exactly, the
-        # spline's own values there up to rounding (y_{K-1} + h_{K-1} may miss B by an ulp)
-        raw = getval(v)
-        return (raw > -self.bound) & (raw < self.bound)
-
-    @staticmethod
-    def _rational_quadratic(xi, s, h, y_k, d0, d1):
-        """(h(z), log h'(z)) in a bin, from xi = (z - x_k) / w in [0, 1]."""
-        m = xi * (1.0 - xi)
-        den = s * (xi * xi + (1.0 - xi) ** 2) + (d0 + d1) * m     # = s + (d0 + d1 - 2s) m > 0
-        x = y_k + h * (s * xi * xi + d0 * m) / den
-        num = d1 * xi * xi + 2.0 * s * m + d0 * (1.0 - xi) ** 2
-        return x, 2.0 * np.log(s) + np.log(num) - 2.0 * np.log(den)
-
     def _forward(self, z):
-        if self.fused:
-            return rational_quadratic_spline(z, self.widths, self.heights, self.derivatives,
-                                             self.bound)
-        inside = self._inside(z)
-        z_in = where(inside, z, 0.0)          # masked first: tails never reach the logs
-        x_k, y_k, w, h, d0, d1 = self._bin(z_in, inverse=False)
-        x, log_d = self._rational_quadratic((z_in - x_k) / w, h / w, h, y_k, d0, d1)
-        return where(inside, x, z), where(inside, log_d, 0.0)
+        return rational_quadratic_forward(z, self.widths, self.heights, self.derivatives,
+                                          self.bound)
 
     def _inverse(self, x):
-        if self.fused:
-            return rational_quadratic_spline(x, self.widths, self.heights, self.derivatives,
-                                             self.bound, True)
-        inside = self._inside(x)
-        y = where(inside, x, 0.0)
-        x_k, y_k, w, h, d0, d1 = self._bin(y, inverse=True)
-        s = h / w
-        dy = y - y_k
-        delta = d0 + d1 - 2.0 * s
-        qa = h * (s - d0) + dy * delta
-        qb = h * d0 - dy * delta
-        qc = -s * dy
-        disc = maximum(qb * qb - 4.0 * qa * qc, 0.0)     # >= 0 exactly; rounding aside
-        xi = 2.0 * qc / (-qb - np.sqrt(disc))
-        _, log_d = self._rational_quadratic(xi, s, h, y_k, d0, d1)
-        return where(inside, x_k + xi * w, x), where(inside, log_d, 0.0)
+        return rational_quadratic_inverse(x, self.widths, self.heights, self.derivatives,
+                                          self.bound)

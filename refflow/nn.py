@@ -28,11 +28,12 @@ from typing import Any
 import autograd.numpy as np
 
 from refflow.checks import check_int
-from refflow.fused import FUSED_ACTIVATIONS, dense, masked_dense
+from refflow.fast import replaceable
 from refflow.ops import maximum, minimum, where
 
-__all__ = ["MLP", "MaskedMLP", "Conv2d", "ConvNet", "ACTIVATIONS", "activation", "sigmoid",
-           "softplus", "softplus_inverse"]
+__all__ = ["MLP", "MaskedMLP", "Conv2d", "ConvNet", "ACTIVATIONS", "DERIVATIVES", "activation",
+           "derivative", "dense", "masked_dense", "sigmoid", "softplus", "softplus_inverse",
+           "lipswish"]
 
 
 def _relu(x):
@@ -72,13 +73,57 @@ def _elu(x):
     return where(x > 0, x, np.expm1(minimum(x, 0.0)))
 
 
+def lipswish(x):
+    r"""LipSwish x sigmoid(x) / 1.1: increasing, slope <= 1 (a 1-Lipschitz activation).
+
+    The largest slope of x sigmoid(x) is 1.0998 (at x ~ 2.4), so dividing by 1.1 bounds it
+    by 1 (Chen et al., Residual Flows, NeurIPS 2019).
+
+    >>> float(lipswish(0.0)), round(float(lipswish(10.0)), 4)
+    (0.0, 9.0905)
+    """
+    return x * sigmoid(x) / 1.1
+
+
+def _identity(x):
+    return x
+
+
 ACTIVATIONS = {
     "tanh": np.tanh,
     "relu": _relu,
     "softplus": softplus,
     "sigmoid": sigmoid,
     "elu": _elu,
-    "identity": lambda x: x,
+    "lipswish": lipswish,
+    "identity": _identity,
+}
+
+
+def _d_tanh(x):
+    return 1.0 - np.tanh(x) ** 2
+
+
+def _d_sigmoid(x):
+    s = sigmoid(x)
+    return s * (1.0 - s)
+
+
+def _d_lipswish(x):
+    s = sigmoid(x)
+    return (s + x * s * (1.0 - s)) / 1.1
+
+
+# act'(x) written out, for code that needs the derivative itself (a Jacobian built by hand,
+# as in residual blocks); relu' is [x > 0] (its value at the kink 0 is taken as 0)
+DERIVATIVES = {
+    "tanh": _d_tanh,
+    "relu": lambda x: where(x > 0, np.ones_like(x), np.zeros_like(x)),
+    "softplus": sigmoid,
+    "sigmoid": _d_sigmoid,
+    "elu": lambda x: np.exp(minimum(x, 0.0)),
+    "lipswish": _d_lipswish,
+    "identity": np.ones_like,
 }
 
 
@@ -87,6 +132,38 @@ def activation(name: str):
     if name not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]
+
+
+def derivative(name: str):
+    """The derivative act'(x) of the activation called ``name`` (one of ``DERIVATIVES``)."""
+    if name not in DERIVATIVES:
+        raise ValueError(f"activation: expected one of {sorted(DERIVATIVES)}, got {name!r}")
+    return DERIVATIVES[name]
+
+
+@replaceable("dense")
+def dense(x, w, b, activation: str = "identity"):
+    r"""One layer act(x W + b): x (..., D_in), W (D_in, D_out), b broadcasting to (..., D_out).
+
+    Notes
+    -----
+    Lecture: "Coupling flows" (the conditioner Theta, an MLP). ``MLP`` is a loop of these.
+    The fast layer replaces it (``refflow.fast.nn``) by one node with a hand-written VJP.
+    Cost O(N D_in D_out).
+    """
+    return ACTIVATIONS[activation](x @ w + b)
+
+
+@replaceable("masked_dense")
+def masked_dense(x, w, mask, b, activation: str = "identity"):
+    r"""One MADE layer act(x (W * M) + b); the binary mask M (D_in, D_out) cuts connections.
+
+    Notes
+    -----
+    Lecture: "Autoregressive flows" (masked conditioners). ``MaskedMLP`` is a loop of these.
+    Cost O(N D_in D_out).
+    """
+    return ACTIVATIONS[activation](x @ (w * mask) + b)
 
 
 def _init_layers(rng, sizes, zero_last, dtype):
@@ -138,18 +215,9 @@ class MLP:
 
     def __call__(self, x):
         last = len(self.weights) - 1
-        # fast path: fused layers with hand-written VJPs, tested against the loop below
-        if self.activation in FUSED_ACTIVATIONS:
-            for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-                x = dense(x, w, b, self.activation if i < last else "identity")
-            return x
-        act = ACTIVATIONS[self.activation]
         h = x
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            # a matmul with inner dimension 1 is slow in BLAS: broadcast instead
-            h = h * w[0] + b if w.shape[0] == 1 else h @ w + b
-            if i < last:
-                h = act(h)
+            h = dense(h, w, b, self.activation if i < last else "identity")
         return h
 
 
@@ -175,29 +243,20 @@ class MaskedMLP:
             if tuple(w.shape) != tuple(m.shape):
                 raise ValueError(f"masks[{i}]: expected shape {w.shape}, got {m.shape}")
 
-    def _layer(self, x, w, m, b, act: str):
-        # fast path: a fused masked layer (mask applied once, gradient masked), tested against
-        # the plain product below
-        if self.activation in FUSED_ACTIVATIONS:
-            return masked_dense(x, w, m, b, act)
-        h = x @ (w * m) + b
-        return h if act == "identity" else ACTIVATIONS[act](h)
-
     def hidden(self, x):
         """The activations of the last hidden layer (x itself when there is none)."""
         for w, b, m in zip(self.weights[:-1], self.biases[:-1], self.masks[:-1]):
-            x = self._layer(x, w, m, b, self.activation)
+            x = masked_dense(x, w, m, b, self.activation)
         return x
 
     def output_units(self, h, units: slice):
         """The output layer's ``units`` alone, from the last hidden activations h: a MADE
         block costs a (H, P) product instead of (H, D P)."""
-        return self._layer(h, self.weights[-1][:, units], self.masks[-1][:, units],
-                           self.biases[-1][..., units], "identity")
+        return masked_dense(h, self.weights[-1][:, units], self.masks[-1][:, units],
+                            self.biases[-1][..., units])
 
     def __call__(self, x):
-        return self._layer(self.hidden(x), self.weights[-1], self.masks[-1], self.biases[-1],
-                           "identity")
+        return masked_dense(self.hidden(x), self.weights[-1], self.masks[-1], self.biases[-1])
 
 
 # ------------------------------------------------------------------ convolutions for images
