@@ -1,13 +1,17 @@
-r"""The ``refflow`` command: ``tour``, ``train``, ``sample``, ``vi`` and ``verify``.
+r"""The ``refflow`` command: ``tour``, ``train``, ``sample``, ``log-prob``, ``vi`` and ``verify``.
 
 ``refflow tour`` walks the lecture in order and is the first command to run. The others
-train a 2-D flow by maximum likelihood (``train``) or by variational inference against an
-energy U1..U5 (``vi``), draw samples from a saved model (``sample``) and check any bijection
-implementation (``verify``, see ``refflow.testing``).
+train a flow by maximum likelihood (``train``: on a built-in 2-D set or on your own data, a
+``.npy`` or ``.csv`` file with one row per sample) or by variational inference against an
+energy U1..U5 (``vi``), draw samples from a saved model (``sample``), score data with one
+(``log-prob``) and check any bijection implementation (``verify``, see ``refflow.testing``).
+Every model the command writes is loaded back before it reports success.
 
 Exit status: 0 on success, 1 when the command fails while running (an unreadable model
-file, an output folder that cannot be created, a training run that diverges), 2 for a usage
-error (an unknown flow, dataset or target, a malformed or out-of-range number).
+file, an output that cannot be written, a training run that diverges), 2 for a usage
+error (an unknown flow, dataset or target, a malformed or out-of-range number, a data file
+that is not one real, finite, non-empty table of the right width). Every failure is one
+line on stderr, never a traceback.
 
 Notes
 -----
@@ -88,17 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vi-steps", type=_positive_int, default=600,
                    help="planar-flow VI steps (default 600)")
 
-    p = sub.add_parser("train", help="fit a flow to a 2-D dataset by maximum likelihood",
+    p = sub.add_parser("train", help="fit a flow to data by maximum likelihood",
                        description="Fit a flow by maximum likelihood; writes model.npz, "
-                       "metrics.json and figures into --out.")
-    p.add_argument("--data", required=True, choices=sorted(DATASETS), help="dataset")
+                       "metrics.json and (for 2-D data) figures into --out.")
+    p.add_argument("--data", required=True, metavar="DATA",
+                   help=f"a built-in dataset ({', '.join(sorted(DATASETS))}) or a .npy or "
+                   ".csv file, one row per sample (csv: numbers separated by commas, "
+                   "'#' starts a comment)")
     p.add_argument("--flow", required=True, choices=sorted(FLOWS), help="flow family")
     p.add_argument("--layers", type=_positive_int, default=6, help="layers (default 6)")
     p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (default 32)")
     p.add_argument("--steps", type=_positive_int, default=2000, help="steps (default 2000)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="batch (default 256)")
     p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
-    p.add_argument("--n", type=_positive_int, default=5000, help="training samples drawn")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help=f"training samples drawn from a built-in dataset (default 5000, at "
+                   f"least {_MIN_ROWS})")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
 
@@ -109,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output file: .npy, .csv or .png")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("log-prob", help="score data with a saved model: log p(x) per row",
+                       description="Evaluate log p(x) of a saved model on every row of "
+                       "--data (.npy or .csv); --out ending in .npy or .csv.")
+    p.add_argument("--model", required=True, help="path of a model .npz")
+    p.add_argument("--data", required=True, help="a .npy or .csv file, one row per sample")
+    p.add_argument("--out", required=True, help="output file: .npy or .csv, one value per row")
 
     p = sub.add_parser("vi", help="fit a flow to an energy U1..U5 by variational inference",
                        description="Maximise the ELBO of a flow q against exp(-U); reports "
@@ -137,6 +153,81 @@ class CommandError(Exception):
     """A failure while running a command: reported on stderr, exit status 1."""
 
 
+class UsageError(Exception):
+    """Input the command cannot use (an argument, a data file): exit status 2."""
+
+
+# the built-in sets' draws and a file's rows: fit holds out 10% for validation, and both
+# sides of that split need samples
+_MIN_ROWS = 10
+
+
+def _read_table(path: str, arg: str) -> Any:
+    """A data file as an (N, D) float64 array: ``.npy`` or ``.csv``, one row per sample."""
+    import autograd.numpy as np
+
+    from refflow.checks import check_array
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npy", ".csv"):
+        raise UsageError(f"{arg}: expected a .npy or .csv file, got {path!r}")
+    if not os.path.isfile(path):
+        raise UsageError(f"{arg}: no file at {path!r}")
+    try:
+        if ext == ".npy":
+            x = np.load(path, allow_pickle=False)
+        else:
+            x = np.loadtxt(path, delimiter=",", ndmin=2, dtype=float)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{arg}: cannot read {path!r} as {ext[1:]} ({reason})") from None
+    try:
+        check_array(arg, x, ndim=2)
+    except ValueError as exc:
+        reason = str(exc).removeprefix(f"{arg}: ")
+        raise UsageError(f"{arg}: {path!r}: {reason} (one row per sample)") from None
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise UsageError(f"{arg}: {path!r} holds no samples (shape {x.shape})")
+    return B.asarray(x, dtype=np.float64)
+
+
+def _load_model(path: str) -> Any:
+    from refflow import io
+
+    try:
+        flow = io.load(path)
+    except ValueError as exc:
+        raise CommandError(f"--model: {exc}") from None
+    if not (hasattr(flow, "sample") and hasattr(flow, "log_prob")):
+        raise CommandError(f"--model: {path!r} holds a {type(flow).__name__}, not a Flow")
+    return flow
+
+
+def _output(path: str, extensions: tuple) -> str:
+    """Check ``--out`` before the work: a file name with a known extension in a folder."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in extensions:
+        raise UsageError(f"--out: expected a file ending in {', '.join(extensions)}, got "
+                         f"{path!r}")
+    if os.path.isdir(path):
+        raise UsageError(f"--out: {path!r} is a folder, expected a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f"--out: the folder {folder!r} does not exist")
+    return ext
+
+
+def _save_checked(path: str, flow: Any) -> None:
+    """Save the model and load it back: a file the command wrote must be one load accepts."""
+    from refflow import io
+
+    io.save(path, flow)
+    try:
+        io.load(path)
+    except ValueError as exc:
+        raise CommandError(f"the model written to {path!r} does not load back ({exc})") from None
+
+
 def _folder(path: str) -> str:
     try:
         os.makedirs(path, exist_ok=True)
@@ -150,6 +241,18 @@ def _write_json(path: str, obj: dict) -> None:
         json.dump(obj, fh, indent=1)
 
 
+def _write_rows(path: str, ext: str, x: Any) -> None:
+    import autograd.numpy as np
+
+    try:
+        if ext == ".npy":
+            np.save(path, x)
+        else:
+            np.savetxt(path, x.reshape(x.shape[0], -1), delimiter=",")
+    except OSError as exc:
+        raise CommandError(f"--out: cannot write {path!r} ({exc.strerror or exc})") from None
+
+
 def _cmd_tour(args) -> None:
     from refflow.tour import run_tour
 
@@ -160,17 +263,40 @@ def _cmd_tour(args) -> None:
 def _cmd_train(args) -> None:
     import autograd.numpy as np
 
-    from refflow import io, plot
+    from refflow import plot
     from refflow.datasets import DATASETS, LOG_PROBS
     from refflow.tour import build_flow
     from refflow.train import fit
     from refflow.tree import count_parameters
 
-    out = _folder(args.out)
     rng = B.rng(args.seed)
-    sampler = DATASETS[args.data]
-    data, test = sampler(args.n, rng), sampler(2000, rng)
-    flow = build_flow(args.flow, 2, args.layers, rng, hidden=args.hidden)
+    if args.data in DATASETS:
+        n = 5000 if args.n is None else args.n
+        if n < _MIN_ROWS:
+            raise UsageError(f"--n: expected at least {_MIN_ROWS} samples (a tenth is held "
+                             f"out for validation), got {n}")
+        sampler = DATASETS[args.data]
+        data, test = sampler(n, rng), sampler(2000, rng)
+    elif os.path.splitext(args.data)[1].lower() in (".npy", ".csv"):
+        if args.n is not None:
+            raise UsageError("--n: only for a built-in dataset; a file is used whole")
+        table = _read_table(args.data, "--data")
+        if table.shape[0] < 2 * _MIN_ROWS:
+            raise UsageError(f"--data: expected at least {2 * _MIN_ROWS} rows (a tenth is "
+                             f"held out for the test NLL, a tenth of the rest for "
+                             f"validation), got {table.shape[0]}")
+        shuffled = table[rng.permutation(table.shape[0])]
+        n_test = max(1, table.shape[0] // 10)
+        data, test = shuffled[n_test:], shuffled[:n_test]
+    else:
+        raise UsageError(f"--data: expected one of {sorted(DATASETS)} or a .npy or .csv "
+                         f"file, got {args.data!r}")
+    out = _folder(args.out)
+    dim = data.shape[1]
+    try:
+        flow = build_flow(args.flow, dim, args.layers, rng, hidden=args.hidden)
+    except ValueError as exc:
+        raise UsageError(f"--flow: {args.flow} cannot model {dim}-d data ({exc})") from None
     start = time.perf_counter()
     flow, hist = fit(flow, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                      rng=rng, validation=0.1, schedule="cosine", clip_norm=10.0,
@@ -178,8 +304,8 @@ def _cmd_train(args) -> None:
     seconds = time.perf_counter() - start
     log_q = B.to_numpy(flow.log_prob(test))
     metrics: dict[str, Any] = {
-        "data": args.data, "flow": args.flow, "layers": args.layers, "hidden": args.hidden,
-        "steps": args.steps, "parameters": count_parameters(flow),
+        "data": args.data, "dim": dim, "flow": args.flow, "layers": args.layers,
+        "hidden": args.hidden, "steps": args.steps, "parameters": count_parameters(flow),
         "best_val_nll": hist["best_val_nll"], "best_step": hist["best_step"],
         "test_nll": float(-np.mean(log_q)), "train_seconds": seconds, "seed": args.seed,
     }
@@ -187,55 +313,61 @@ def _cmd_train(args) -> None:
         # KL(p || q) = E_p[log p - log q] on the test draws, where p is known exactly
         metrics["kl_true_to_model"] = float(np.mean(B.to_numpy(LOG_PROBS[args.data](test))
                                                      - log_q))
-    io.save(os.path.join(out, "model.npz"), flow)
+    _save_checked(os.path.join(out, "model.npz"), flow)
     _write_json(os.path.join(out, "metrics.json"), metrics)
-    host = B.to_numpy(data)
-    lo, hi = host.min(axis=0) - 0.5, host.max(axis=0) + 0.5
-    box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
-    plot.samples(data[:2000], title=f"data: {args.data}", bounds=box,
-                 path=os.path.join(out, "data.png"))
-    plot.latent(flow, data[:2000], path=os.path.join(out, "latent.png"))
-    plot.samples(flow.sample(2000, rng), title=f"samples: {args.flow}", bounds=box,
-                 color="tab:green", path=os.path.join(out, "samples.png"))
-    plot.density(flow, bounds=box, n=150, title="density", path=os.path.join(out, "density.png"))
-    plot.curves(hist, title=f"{args.flow} on {args.data}", path=os.path.join(out, "curves.png"))
+    written = ["model.npz", "metrics.json"]
+    if dim == 2:
+        host = B.to_numpy(data)
+        lo, hi = host.min(axis=0) - 0.5, host.max(axis=0) + 0.5
+        box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+        plot.samples(data[:2000], title=f"data: {os.path.basename(args.data)}", bounds=box,
+                     path=os.path.join(out, "data.png"))
+        plot.latent(flow, data[:2000], path=os.path.join(out, "latent.png"))
+        plot.samples(flow.sample(2000, rng), title=f"samples: {args.flow}", bounds=box,
+                     color="tab:green", path=os.path.join(out, "samples.png"))
+        plot.density(flow, bounds=box, n=150, title="density",
+                     path=os.path.join(out, "density.png"))
+        written += ["data.png", "latent.png", "samples.png", "density.png"]
+    plot.curves(hist, title=f"{args.flow} on {os.path.basename(args.data)}",
+                path=os.path.join(out, "curves.png"))
+    written.append("curves.png")
     print(f"test NLL {metrics['test_nll']:.4f} nats (best validation {hist['best_val_nll']:.4f}"
-          f" at step {hist['best_step']}); wrote model.npz, metrics.json, data.png, latent.png,"
-          f" samples.png, density.png, curves.png to {out}")
+          f" at step {hist['best_step']}); wrote {', '.join(written)} to {out}")
 
 
 def _cmd_sample(args) -> None:
-    import autograd.numpy as np
+    from refflow import plot
 
-    from refflow import io, plot
-
-    try:
-        flow = io.load(args.model)
-    except ValueError as exc:
-        raise CommandError(f"--model: {exc}") from None
-    if not hasattr(flow, "sample"):
-        raise CommandError(f"--model: {args.model!r} holds a {type(flow).__name__}, not a Flow")
-    ext = os.path.splitext(args.out)[1].lower()
-    if ext not in (".npy", ".csv", ".png"):
-        raise CommandError(f"--out: expected a file ending in .npy, .csv or .png, got "
-                           f"{args.out!r}")
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder):
-        raise CommandError(f"--out: the folder {folder!r} does not exist")
+    ext = _output(args.out, (".npy", ".csv", ".png"))
+    flow = _load_model(args.model)
     x = B.to_numpy(flow.sample(args.n, B.rng(args.seed)))
-    if ext == ".npy":
-        np.save(args.out, x)
-    elif ext == ".csv":
-        np.savetxt(args.out, x.reshape(x.shape[0], -1), delimiter=",")
-    else:
+    if ext == ".png":
         if x.ndim != 2 or x.shape[1] != 2:
-            raise CommandError(f"--out: a .png needs 2-D samples, got shape {x.shape}")
+            raise UsageError(f"--out: a .png needs 2-D samples, got shape {x.shape}")
         plot.samples(x, title=f"{args.n} samples", path=args.out)
+    else:
+        _write_rows(args.out, ext, x)
     print(f"wrote {args.n} samples of shape {tuple(x.shape[1:])} to {args.out}")
 
 
+def _cmd_log_prob(args) -> None:
+    import autograd.numpy as np
+
+    ext = _output(args.out, (".npy", ".csv"))
+    flow = _load_model(args.model)
+    x = _read_table(args.data, "--data")
+    event = tuple(flow.event_shape)
+    if len(event) != 1 or x.shape[1] != event[0]:
+        raise UsageError(f"--data: the model takes samples of shape {event}, the file has "
+                         f"rows of {x.shape[1]} values")
+    log_p = B.to_numpy(flow.log_prob(x))
+    _write_rows(args.out, ext, log_p)
+    print(f"mean log p(x) {float(np.mean(log_p)):.4f} nats over {x.shape[0]} rows; wrote "
+          f"{args.out}")
+
+
 def _cmd_vi(args) -> None:
-    from refflow import io, plot
+    from refflow import plot
     from refflow.potentials import BOXES, NORMALISABLE, POTENTIALS, reference_log_z
     from refflow.tour import build_flow
     from refflow.train import elbo, fit_vi
@@ -261,7 +393,7 @@ def _cmd_vi(args) -> None:
                "log_z_box": list(BOXES[args.target]),
                "normalisable_on_R2": args.target in NORMALISABLE,
                "train_seconds": seconds, "seed": args.seed}
-    io.save(os.path.join(out, "model.npz"), q)
+    _save_checked(os.path.join(out, "model.npz"), q)
     _write_json(os.path.join(out, "metrics.json"), metrics)
     box = (-4.0, 4.0, -4.0, 4.0)
     fig, axes = plot.figure(1, 3)
@@ -291,13 +423,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # everything after `verify` belongs to verify_main, --help included
         return _cmd_verify(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
+    commands = {"tour": _cmd_tour, "train": _cmd_train, "sample": _cmd_sample,
+                "log-prob": _cmd_log_prob, "vi": _cmd_vi}
     try:
-        {"tour": _cmd_tour, "train": _cmd_train, "sample": _cmd_sample,
-         "vi": _cmd_vi}[args.command](args)
+        commands[args.command](args)
+    except (UsageError, ValueError) as exc:
+        # a ValueError from the library names the argument it refused
+        return _fail(args.command, exc, 2)
     except (CommandError, FloatingPointError) as exc:
-        print(f"refflow {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args.command, exc, 1)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(args.command, f"{exc.strerror or exc}{where}", 1)
+    except MemoryError:
+        return _fail(args.command, "out of memory: ask for fewer samples or a smaller "
+                     "model", 1)
     return 0
+
+
+def _fail(command: str, message: Any, status: int) -> int:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"refflow {command}: error: {text}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
