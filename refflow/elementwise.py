@@ -710,7 +710,7 @@ def _bin(v, widths, heights, derivatives, bound: float, inverse: bool):
     def pick(table):
         return np.sum(table * in_bin, axis=-1)
 
-    ones = np.ones_like(derivatives[..., :1])
+    ones = np.ones_like(derivatives, shape=np.shape(derivatives)[:-1] + (1,))
     delta = np.concatenate([ones, derivatives, ones], axis=-1)  # h' = 1 at both end knots
     return (pick(xs[..., :-1]), pick(ys[..., :-1]), pick(widths), pick(heights),
             pick(delta[..., :-1]), pick(delta[..., 1:]))
@@ -895,7 +895,7 @@ class RationalQuadraticSpline(_Elementwise):
 
     def knots(self):
         """The knots: x_k (..., D, K + 1), y_k (..., D, K + 1) and h'(x_k) (..., D, K + 1)."""
-        ones = np.ones_like(self.derivatives[..., :1])
+        ones = np.ones_like(self.derivatives, shape=np.shape(self.derivatives)[:-1] + (1,))
         return (spline_knots(self.widths, self.bound), spline_knots(self.heights, self.bound),
                 np.concatenate([ones, self.derivatives, ones], axis=-1))
 

@@ -1,189 +1,127 @@
-"""refflow.fused: each primitive against autograd's gradient of the plain version it replaces,
-against central finite differences, in float32 (no float64 creep) and float64, and on the
-strict stand-in array (every output and gradient stays a device array)."""
+"""The fast layer, generated from its registry: every (reference, kernel) pair on every case.
+
+For each replaceable function with a kernel (``refflow.fast.kernels()``) and each input
+variant of its case (``tests/fast_cases``): the kernel's values and autograd gradients
+against the reference's (float64), against central finite differences of the kernel itself,
+in float32 (the dtype kept, values and gradients against the float64 reference), and on the
+strict stand-in (no kernel: the dispatcher runs the reference, which gives the NumPy
+numbers). Tolerances: float64 values 1e-12 and gradients 1e-10 (relative to the largest
+entry; the kernels reorder the arithmetic, and the spline inverse's VJP divides by h');
+finite differences 1e-6 relative (step 1e-6, float64); float32 against float64 1e-4
+relative to the largest entry (K-term sums and the spline's 1 / w factors), and against the
+float32 reference on inputs placed exactly on kinks.
+"""
 
 from __future__ import annotations
-
-import contextlib
 
 import autograd
 import autograd.numpy as anp
 import numpy
 import pytest
+from autograd.tracer import getval
 
 from refflow import backend as B
-from refflow.elementwise import MIN_BIN, MIN_DERIVATIVE, RationalQuadraticSpline
-from refflow.fused import (
-    FUSED_ACTIVATIONS,
-    affine_coupling,
-    affine_coupling_log_det,
-    affine_log_det,
-    affine_transformer,
-    bin_index,
-    cumsum_last,
-    dense,
-    masked_dense,
-    max_last,
-    spline_bin_index,
-    spline_bins,
-    spline_slopes,
-    sum_last,
-    take_bin,
-    tanh_bound,
-)
+from refflow import fast
+from refflow.elementwise import RationalQuadraticSpline, spline_knots
+from refflow.fast.lastaxis import bin_index, cumsum_last, max_last, sum_last, take_bin
+from refflow.fast.spline import _knots_below, spline_bin_index
 from refflow.nn import MLP, MaskedMLP
+from tests.fast_cases import VARIANTS_OF, load_all
 from tests.strict import StrictArray
 
-
-def _act(name):
-    return {"tanh": anp.tanh, "relu": lambda a: anp.maximum(a, 0.0),
-            "identity": lambda a: a}[name]
-
-
-# the readable definitions
-def plain_dense(x, w, b, activation):
-    return _act(activation)(x @ w + b)
-
-
-def plain_masked_dense(x, w, m, b, activation):
-    return _act(activation)(x @ (w * m) + b)
+CASES = load_all()
+KERNELS = fast.kernels()
+REFERENCES = fast.references()
+PAIRS = [(name, variant) for name in sorted(KERNELS) if name in CASES
+         for variant in VARIANTS_OF[name][0]]
+SMOOTH = [(name, variant) for name, variant in PAIRS if variant not in VARIANTS_OF[name][1]]
+IDS = [f"{name}-{variant}" for name, variant in PAIRS]
+SMOOTH_IDS = [f"{name}-{variant}" for name, variant in SMOOTH]
 
 
-def plain_affine_transformer(v, theta, inverse):
-    mu, alpha = theta[..., 0], theta[..., 1]
-    if inverse:
-        return (v - mu) * anp.exp(-alpha), -anp.sum(alpha, axis=-1)
-    return v * anp.exp(alpha) + mu, anp.sum(alpha, axis=-1)
+def _inputs(name, variant, dtype, seed=0):
+    return CASES[name](numpy.random.default_rng(seed), dtype, variant)
 
 
-def plain_affine_coupling(v, out, split, bound, inverse):
-    k = out.shape[-1] // 2
-    s, t = out[..., :k], out[..., k:]
-    if bound is not None:
-        s = bound * anp.tanh(s / bound)
-    v_b, v_a = v[..., :split], v[..., split:]
-    new_a = (v_a - t) * anp.exp(-s) if inverse else v_a * anp.exp(s) + t
-    log_det = anp.sum(s, axis=-1)
-    return anp.concatenate([v_b, new_a], axis=-1), -log_det if inverse else log_det
+def _outputs(out):
+    """A function's output as a list of arrays (the spline returns a pair, which autograd
+    boxes as one sequence when it traces a kernel)."""
+    if isinstance(getval(out), tuple):
+        return [out[i] for i in range(len(out))]
+    return [out]
 
 
-def _with_log_det(f):
-    """(out, log_det) -> one array (..., D + 1), for the generic checks."""
-    def g(*args):
-        out, log_det = f(*args)
-        return anp.concatenate([out, log_det[..., None]], axis=-1)
-    return g
+def _weights(outs, seed=1):
+    rng = numpy.random.default_rng(seed)
+    return [rng.standard_normal(numpy.shape(o)).astype(B.to_numpy(o).dtype) for o in outs]
 
 
-def plain_spline_bins(logits, total):
-    e = anp.exp(logits - anp.max(logits, axis=-1, keepdims=True))
-    p = e / anp.sum(e, axis=-1, keepdims=True)
-    return total * (MIN_BIN + (1.0 - logits.shape[-1] * MIN_BIN) * p)
+def _loss(f, weights, kwargs):
+    """args -> sum_i <weights_i, output_i>, a scalar whose gradient is every output's VJP."""
+    def loss(*args):
+        return sum(anp.sum(w * o) for w, o in zip(weights, _outputs(f(*args, **kwargs))))
+    return loss
 
 
-def plain_spline_slopes(t):
-    return MIN_DERIVATIVE + (1.0 - MIN_DERIVATIVE) * anp.logaddexp(t, 0.0) / numpy.log(2.0)
+def _assert_close(actual, expected, rtol, what):
+    """|actual - expected| <= rtol * max(1, max |expected|), entrywise, and equal shapes."""
+    actual, expected = B.to_numpy(actual), B.to_numpy(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = max(1.0, float(numpy.max(numpy.abs(expected), initial=0.0)))
+    numpy.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale, err_msg=what)
 
 
-@contextlib.contextmanager
-def _spline_path(fused):
-    saved = RationalQuadraticSpline.fused
-    RationalQuadraticSpline.fused = fused
-    try:
-        yield
-    finally:
-        RationalQuadraticSpline.fused = saved
+def _kernel(name):
+    return KERNELS[name]["numpy"]
 
 
-def spline_of_theta(inverse, fused, bound=3.0):
-    """(v, theta) -> stacked (h(v), log h'(v)) (or the inverse) through the fused primitives
-    or through the readable code of RationalQuadraticSpline."""
-    def f(v, theta):
-        with _spline_path(fused):
-            spline = RationalQuadraticSpline.from_unconstrained(theta, bound=bound)
-            return anp.stack((spline._inverse if inverse else spline._forward)(v))
-    return f
+def test_every_kernel_has_a_case_and_every_case_a_reference():
+    assert KERNELS, "no kernel registered"
+    assert not sorted(set(KERNELS) - set(CASES)), "kernels without a case in tests/fast_cases"
+    assert not sorted(set(CASES) - set(REFERENCES)), "cases naming no replaceable function"
+    assert not sorted(set(KERNELS) - set(REFERENCES)), "kernels replacing no reference"
 
 
-def _cases(rng, dtype):
-    """(name, fused, plain, args, argnums) with inputs of the given dtype."""
-    def r(*shape):
-        return rng.standard_normal(shape).astype(dtype)
-
-    mask = (rng.random((3, 5)) > 0.4).astype(dtype)
-    out = []
-    for act in FUSED_ACTIVATIONS:
-        for d_in, lead in ((3, (4,)), (1, (4,)), (3, (2, 4))):
-            out.append((f"dense-{act}-{d_in}-{len(lead)}",
-                        lambda x, w, b, a=act: dense(x, w, b, a),
-                        lambda x, w, b, a=act: plain_dense(x, w, b, a),
-                        (r(*lead, d_in), r(d_in, 5), r(5)), (0, 1, 2)))
-        out.append((f"masked-{act}",
-                    lambda x, w, b, a=act: masked_dense(x, w, mask, b, activation=a),
-                    lambda x, w, b, a=act: plain_masked_dense(x, w, mask, b, a),
-                    (r(4, 3), r(3, 5), r(5)), (0, 1, 2)))
-    out.append(("tanh-bound", lambda s: tanh_bound(s, 2.0), lambda s: 2.0 * anp.tanh(s / 2.0),
-                (3.0 * r(4, 3),), (0,)))
-    for inverse in (False, True):
-        way = "inverse" if inverse else "forward"
-        out.append((f"affine-transformer-{way}",
-                     _with_log_det(lambda v, th, i=inverse: (affine_transformer(v, th, i),
-                                                             affine_log_det(th, i))),
-                     _with_log_det(lambda v, th, i=inverse: plain_affine_transformer(v, th, i)),
-                     (r(4, 3), r(4, 3, 2)), (0, 1)))
-        for bound in (None, 2.0):
-            out.append((f"affine-coupling-{way}-{bound}",
-                         _with_log_det(lambda v, o, i=inverse, b=bound: (
-                             affine_coupling(v, o, 2, b, i), affine_coupling_log_det(o, b, i))),
-                         _with_log_det(lambda v, o, i=inverse, b=bound: plain_affine_coupling(
-                             v, o, 2, b, i)),
-                         (r(4, 5), 2.0 * r(4, 6)), (0, 1)))
-    out.append(("spline-bins", lambda a: spline_bins(a, 6.0, MIN_BIN),
-                lambda a: plain_spline_bins(a, 6.0), (2.0 * r(4, 3, 8),), (0,)))
-    out.append(("spline-slopes", lambda t: spline_slopes(t, MIN_DERIVATIVE),
-                plain_spline_slopes, (4.0 * r(4, 3, 7),), (0,)))
-    # v inside and outside [-3, 3] (exactly on +-3, log h' has a kink: see the test below);
-    # theta per sample or shared
-    v = 2.0 * r(4, 3)
-    v[0, 0], v[1, 1] = 3.5, -4.0
-    for inverse in (False, True):
-        for kind, theta_shape in (("per-sample", (4, 3, 23)), ("shared", (3, 23))):
-            out.append((f"spline-{'inverse' if inverse else 'forward'}-{kind}",
-                        spline_of_theta(inverse, True), spline_of_theta(inverse, False),
-                        (v, 1.5 * r(*theta_shape)), (0, 1)))
-    return out
-
-
-CASE_NAMES = [c[0] for c in _cases(numpy.random.default_rng(0), "float64")]
-
-
-def _case(name, dtype, seed=0):
-    return next(c for c in _cases(numpy.random.default_rng(seed), dtype) if c[0] == name)
-
-
-def _loss(f, weights):
-    return lambda *args: anp.sum(weights * f(*args))
-
-
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_matches_autograd_of_plain_version_float64(name):
-    _, fused, plain, args, argnums = _case(name, "float64")
-    weights = numpy.random.default_rng(1).standard_normal(numpy.shape(plain(*args)))
-    numpy.testing.assert_allclose(fused(*args), plain(*args), rtol=1e-13, atol=1e-13)
+@pytest.mark.parametrize("name, variant", PAIRS, ids=IDS)
+def test_kernel_equals_reference_float64(name, variant):
+    args, kwargs, argnums = _inputs(name, variant, "float64")
+    reference, kernel = REFERENCES[name], _kernel(name)
+    expected = _outputs(reference(*args, **kwargs))
+    for got, want in zip(_outputs(kernel(*args, **kwargs)), expected):
+        assert B.to_numpy(got).dtype == numpy.float64
+        _assert_close(got, want, 1e-12, f"{name} value")
+    weights = _weights(expected)
     for i in argnums:
-        g_fused = autograd.grad(_loss(fused, weights), i)(*args)
-        g_plain = autograd.grad(_loss(plain, weights), i)(*args)
-        assert g_fused.shape == numpy.shape(args[i])
-        numpy.testing.assert_allclose(g_fused, g_plain, rtol=1e-12, atol=1e-12)
+        g = autograd.grad(_loss(kernel, weights, kwargs), i)(*args)
+        g_ref = autograd.grad(_loss(reference, weights, kwargs), i)(*args)
+        _assert_close(g, g_ref, 1e-10, f"{name} gradient {i}")
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_matches_finite_differences(name):
-    _, fused, _, args, argnums = _case(name, "float64")
-    if "relu" in name:  # keep pre-activations away from the kink at 0
-        args = (args[0], args[1], args[2] + 0.05 * numpy.sign(args[2]))
-    weights = numpy.random.default_rng(2).standard_normal(numpy.shape(fused(*args)))
-    loss = _loss(fused, weights)
+@pytest.mark.parametrize("name, variant", PAIRS, ids=IDS)
+def test_dispatch_follows_the_switch(name, variant):
+    """The replaceable function runs the kernel with the fast layer on, the reference off."""
+    args, kwargs, _ = _inputs(name, variant, "float64")
+    dispatch = _dispatcher(name)
+    with fast.enabled(True):
+        on = _outputs(dispatch(*args, **kwargs))
+    with fast.enabled(False):
+        off = _outputs(dispatch(*args, **kwargs))
+    for a, b in zip(on, _outputs(_kernel(name)(*args, **kwargs))):
+        numpy.testing.assert_array_equal(a, b)
+    for a, b in zip(off, _outputs(REFERENCES[name](*args, **kwargs))):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def _dispatcher(name):
+    """The public, replaceable function registered as ``name``."""
+    return fast.replaceables()[name]
+
+
+@pytest.mark.parametrize("name, variant", SMOOTH, ids=SMOOTH_IDS)
+def test_kernel_gradient_matches_finite_differences(name, variant):
+    args, kwargs, argnums = _inputs(name, variant, "float64")
+    kernel = _kernel(name)
+    loss = _loss(kernel, _weights(_outputs(kernel(*args, **kwargs)), seed=2), kwargs)
     eps = 1e-6
     for i in argnums:
         grad = autograd.grad(loss, i)(*args)
@@ -191,192 +129,106 @@ def test_matches_finite_differences(name):
         plus, minus = list(args), list(args)
         plus[i], minus[i] = args[i] + eps * direction, args[i] - eps * direction
         fd = (loss(*plus) - loss(*minus)) / (2 * eps)
-        assert abs(numpy.sum(grad * direction) - fd) <= 1e-6 * (1 + abs(fd))
+        assert abs(numpy.sum(grad * direction) - fd) <= 1e-6 * (1 + abs(fd)), (i, fd)
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_float32_stays_float32_and_agrees(name):
-    _, fused, plain, args, argnums = _case(name, "float32")
-    weights = numpy.random.default_rng(1).standard_normal(numpy.shape(plain(*args)))
-    weights = weights.astype("float32")
-    assert fused(*args).dtype == numpy.float32
-    args64 = tuple(a.astype("float64") for a in args)
+@pytest.mark.parametrize("name, variant", PAIRS, ids=IDS)
+def test_kernel_float32_stays_float32_and_agrees(name, variant):
+    args, kwargs, argnums = _inputs(name, variant, "float32")
+    args64 = tuple(a.astype("float64") if isinstance(a, numpy.ndarray) else a for a in args)
+    if variant in VARIANTS_OF[name][1]:
+        # on a kink (an input exactly on a float32 knot, which float64 knots may put in the
+        # neighbouring bin) the float32 reference is the comparison: same knots, same bin
+        args64 = args
+    kernel, reference = _kernel(name), REFERENCES[name]
+    out32 = _outputs(kernel(*args, **kwargs))
+    expected = _outputs(reference(*args64, **kwargs))
+    for got, want in zip(out32, expected):
+        assert got.dtype == numpy.float32, f"{name}: output became {got.dtype}"
+        _assert_close(got, want, 1e-4, f"{name} float32 value")
+    weights = _weights(out32)
     for i in argnums:
-        g32 = autograd.grad(_loss(fused, weights), i)(*args)
-        assert g32.dtype == numpy.float32, f"gradient {i} became {g32.dtype}"
-        g64 = autograd.grad(_loss(plain, weights.astype("float64")), i)(*args64)
-        numpy.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-4)
+        g32 = autograd.grad(_loss(kernel, weights, kwargs), i)(*args)
+        assert g32.dtype == numpy.float32, f"{name}: gradient {i} became {g32.dtype}"
+        weights64 = [w.astype(args64[i].dtype) for w in weights]
+        g64 = autograd.grad(_loss(reference, weights64, kwargs), i)(*args64)
+        _assert_close(g32, g64, 1e-4, f"{name} float32 gradient {i}")
 
 
-# the masked cases bind their mask inside the case: test_masked_mlp_on_strict_arrays_and_float32
-@pytest.mark.parametrize("name", [n for n in CASE_NAMES if "masked" not in n])
-def test_strict_stand_in(name):
-    _, fused, _, args, argnums = _case(name, "float64")
-    weights = numpy.random.default_rng(1).standard_normal(numpy.shape(fused(*args)))
-    strict_args = tuple(StrictArray(a) for a in args)
-    out = fused(*strict_args)
-    assert isinstance(out, StrictArray)
-    for i in argnums:
-        g = autograd.grad(_loss(fused, StrictArray(weights)), i)(*strict_args)
-        assert isinstance(g, StrictArray), f"gradient {i} left the device array type"
-        numpy.testing.assert_allclose(B.to_numpy(g),
-                                      autograd.grad(_loss(fused, weights), i)(*args),
-                                      rtol=1e-13, atol=1e-13)
+def _strict(x):
+    return StrictArray(x) if isinstance(x, numpy.ndarray) else x
 
 
-def _plain_mlp(net, x, masks=None):
-    h = x
-    masks = masks or [None] * len(net.weights)
-    for i, (w, b, m) in enumerate(zip(net.weights, net.biases, masks)):
-        h = h @ (w if m is None else w * m) + b
-        if i < len(net.weights) - 1:
-            h = _act(net.activation)(h)
-    return h
+@pytest.mark.standin
+@pytest.mark.parametrize("name, variant", PAIRS, ids=IDS)
+def test_strict_stand_in_runs_the_reference(name, variant):
+    """No kernel for the stand-in: with the fast layer on, the dispatcher runs the
+    reference, whose outputs and gradients stay device arrays with the NumPy numbers."""
+    args, kwargs, argnums = _inputs(name, variant, "float64")
+    strict_args = tuple(_strict(a) for a in args)
+    dispatch, reference = _dispatcher(name), REFERENCES[name]
+    expected = _outputs(reference(*args, **kwargs))
+    weights = _weights(expected)
+    with fast.enabled(True):
+        outs = _outputs(dispatch(*strict_args, **kwargs))
+        for got, want in zip(outs, expected):
+            assert isinstance(got, StrictArray), f"{name}: output left the device array type"
+            _assert_close(got.get(), want, 1e-13, f"{name} strict value")
+        for i in argnums:
+            g = autograd.grad(_loss(dispatch, [StrictArray(w) for w in weights], kwargs),
+                              i)(*strict_args)
+            assert isinstance(g, StrictArray), f"{name}: gradient {i} left the device type"
+            g_ref = autograd.grad(_loss(reference, weights, kwargs), i)(*args)
+            _assert_close(g.get(), g_ref, 1e-13, f"{name} strict gradient {i}")
 
 
-@pytest.mark.parametrize("activation", ["tanh", "relu"])
-@pytest.mark.parametrize("sizes", [[1, 8, 3], [4, 8, 8, 6]])
-def test_mlp_fast_path_equals_plain_layers(activation, sizes):
-    net = MLP.init(B.rng(0), sizes, activation=activation)
-    x = B.rng(1).standard_normal((5, sizes[0]))
-    numpy.testing.assert_allclose(net(x), _plain_mlp(net, x), rtol=1e-12, atol=1e-12)
-    loss = lambda ws: anp.sum(MLP(ws, net.biases, activation)(x) ** 2)  # noqa: E731
-    plain = lambda ws: anp.sum(_plain_mlp(MLP(ws, net.biases, activation), x) ** 2)  # noqa: E731
-    for a, b in zip(autograd.grad(loss)(net.weights), autograd.grad(plain)(net.weights)):
-        numpy.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-
-
-def _masked_net(dtype="float64"):
-    rng = numpy.random.default_rng(0)
-    shapes = [(3, 6), (6, 6), (6, 4)]
-    weights = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
-    biases = tuple(rng.standard_normal(s[1]).astype(dtype) for s in shapes)
-    masks = tuple((rng.random(s) > 0.5).astype(dtype) for s in shapes)
-    return MaskedMLP(weights, biases, masks, "tanh")
-
-
-def test_masked_mlp_gradient_is_masked_and_equals_plain():
-    net = _masked_net()
-    x = numpy.random.default_rng(1).standard_normal((5, 3))
-    numpy.testing.assert_allclose(net(x), _plain_mlp(net, x, net.masks), rtol=1e-12)
-
-    def loss(ws, fast):
-        new = MaskedMLP(ws, net.biases, net.masks, "tanh")
-        return anp.sum((new(x) if fast else _plain_mlp(new, x, net.masks)) ** 2)
-
-    for g, g_plain, m in zip(autograd.grad(loss)(net.weights, True),
-                             autograd.grad(loss)(net.weights, False), net.masks):
-        numpy.testing.assert_allclose(g, g_plain, rtol=1e-12, atol=1e-12)
-        assert not numpy.any(g[m == 0]), "a cut connection received a gradient"
-
-
-def test_masked_mlp_on_strict_arrays_and_float32():
-    for dtype in ("float64", "float32"):
-        net = _masked_net(dtype)
-        x = numpy.random.default_rng(1).standard_normal((5, 3)).astype(dtype)
-        wrap = lambda t: tuple(StrictArray(a) for a in t)  # noqa: E731
-        strict_net = MaskedMLP(wrap(net.weights), wrap(net.biases), wrap(net.masks), "tanh")
-
-        def loss(ws, model, inputs):
-            return anp.sum(MaskedMLP(ws, model.biases, model.masks, "tanh")(inputs) ** 2)
-
-        grads = autograd.grad(loss)(strict_net.weights, strict_net, StrictArray(x))
-        reference = autograd.grad(loss)(net.weights, net, x)
-        for g, ref in zip(grads, reference):
-            assert isinstance(g, StrictArray) and g.dtype == numpy.dtype(dtype)
-            numpy.testing.assert_allclose(B.to_numpy(g), ref, rtol=1e-5)
-
-
-# the readable bin search: a one-hot of the bin and a product-sum per table
-def _onehot(v, knots):
-    k = knots.shape[-1] - 1
-    passed = (v[..., None] >= knots[..., 1:-1]).astype(v.dtype)  # (..., K - 1)
-    one = anp.ones_like(passed[..., :1])
-    return anp.concatenate([one, passed], -1) - anp.concatenate([passed, 0.0 * one], -1)[..., :k]
+# ------------------------------------------------------------------ beyond the generated pairs
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("table_shape", [(4, 3, 6), (3, 6)])
-def test_take_bin_equals_one_hot_pick(dtype, table_shape):
-    rng = numpy.random.default_rng(0)
-    knots = numpy.sort(rng.standard_normal((4, 3, 6)), axis=-1).astype(dtype)
-    v = (knots[..., 0] + (knots[..., -1] - knots[..., 0]) * rng.random((4, 3))).astype(dtype)
-    v[0, 0] = knots[0, 0, 2]  # exactly on a knot: the bin to its right
-    v[1, 1] = knots[1, 1, -1]  # the right end: the last bin
-    table = rng.standard_normal(table_shape).astype(dtype)
-    index = bin_index(v, knots)
-    onehot = _onehot(v, knots)
-    numpy.testing.assert_array_equal(index, numpy.argmax(onehot, axis=-1))
-    numpy.testing.assert_array_equal(index[0, 0], 2)
-    numpy.testing.assert_array_equal(index[1, 1], 4)
-    weights = rng.standard_normal((4, 3)).astype(dtype)
-    pick = lambda t: anp.sum(weights * anp.sum(t[..., :-1] * onehot, -1))  # noqa: E731
-    fast = lambda t: anp.sum(weights * take_bin(t, index))  # noqa: E731
-    assert fast(table) == pytest.approx(pick(table), rel=1e-6)
-    g = autograd.grad(fast)(table)
-    assert g.shape == table.shape and g.dtype == numpy.dtype(dtype)
-    numpy.testing.assert_allclose(g, autograd.grad(pick)(table), rtol=1e-6, atol=1e-6)
-    strict_g = autograd.grad(lambda t: anp.sum(StrictArray(weights) * take_bin(
-        t, StrictArray(index))))(StrictArray(table))
-    assert isinstance(strict_g, StrictArray)
-    numpy.testing.assert_allclose(B.to_numpy(strict_g), g, rtol=1e-6)
+def test_kernel_knots_are_the_reference_knots_bit_for_bit(dtype):
+    """The kernel's knots (one matrix product) add the bin sizes in the reference's order, so
+    an input placed exactly on a reference knot falls in the same bin in both."""
+    rng = numpy.random.default_rng(7)
+    spline = RationalQuadraticSpline.from_unconstrained(
+        (2.0 * rng.standard_normal((4000, 4, 23))).astype(dtype), bound=3.0)
+    for sizes in (spline.widths, spline.heights):
+        numpy.testing.assert_array_equal(_knots_below(sizes, 3.0),
+                                         spline_knots(sizes, 3.0)[..., :-1])
 
 
-REDUCTIONS = {
-    "sum_last": (sum_last, lambda a: anp.sum(a, axis=-1, keepdims=True)),
-    "cumsum_last": (cumsum_last, lambda a: anp.cumsum(a, axis=-1)),
-    "cumsum_last-exclusive": (lambda a: cumsum_last(a, True),
-                              lambda a: anp.cumsum(a, axis=-1) - a),
-}
+def test_dense_kernel_is_differentiable_twice():
+    """A gradient through the kernel's VJP (a residual block differentiates its Jacobian)
+    equals the reference's, for the fused activations."""
+    rng = numpy.random.default_rng(8)
+    x, w, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), rng.standard_normal(5)
+    u = rng.standard_normal((4, 5))
+    for activation in ("tanh", "relu", "identity"):
+        def grad_norm(f, ww, act=activation):
+            g = autograd.grad(lambda xx: anp.sum(u * f(xx, ww, b, activation=act)))(x)
+            return anp.sum(g ** 2)
+        numpy.testing.assert_allclose(autograd.grad(grad_norm, 1)(_kernel("dense"), w),
+                                      autograd.grad(grad_norm, 1)(REFERENCES["dense"], w),
+                                      rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(REDUCTIONS))
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_last_axis_reductions(name, dtype):
-    fast, plain = REDUCTIONS[name]
-    rng = numpy.random.default_rng(0)
-    a = rng.standard_normal((4, 3, 8)).astype(dtype)
-    weights = rng.standard_normal(numpy.shape(plain(a))).astype(dtype)
-    tol = 1e-5 if dtype == "float32" else 1e-12
-    numpy.testing.assert_allclose(fast(a), plain(a), rtol=tol, atol=tol)
-    loss = lambda f: lambda x: anp.sum(weights * f(x))  # noqa: E731
-    g = autograd.grad(loss(fast))(a)
-    assert g.dtype == numpy.dtype(dtype)
-    numpy.testing.assert_allclose(g, autograd.grad(loss(plain))(a), rtol=tol, atol=tol)
-    # finite differences (float64): both maps are linear, so central differences are exact
-    a64, w64 = a.astype("float64"), weights.astype("float64")
-    direction = rng.standard_normal(a.shape)
-    fd = (numpy.sum(w64 * fast(a64 + 1e-3 * direction))
-          - numpy.sum(w64 * fast(a64 - 1e-3 * direction))) / 2e-3
-    grad64 = autograd.grad(lambda x: anp.sum(w64 * fast(x)))(a64)
-    assert numpy.sum(grad64 * direction) == pytest.approx(fd, rel=1e-9)
-    strict_g = autograd.grad(lambda x: anp.sum(StrictArray(weights) * fast(x)))(StrictArray(a))
-    assert isinstance(strict_g, StrictArray)
-    numpy.testing.assert_allclose(B.to_numpy(strict_g), g, rtol=tol, atol=tol)
-
-
-def test_max_last_is_the_max_and_carries_no_gradient():
-    a = numpy.random.default_rng(0).standard_normal((4, 3, 8))
-    numpy.testing.assert_array_equal(max_last(a), numpy.max(a, axis=-1, keepdims=True))
-    assert isinstance(max_last(StrictArray(a)), StrictArray)
-    # a softmax shifted by max_last has the gradient of the unshifted one
-    def softmax(x, shift):
-        e = anp.exp(x - shift(x))
-        return e / anp.sum(e, axis=-1, keepdims=True)
-    w = numpy.random.default_rng(1).standard_normal(a.shape)
-    g = autograd.grad(lambda x: anp.sum(w * softmax(x, max_last)))(a)
-    g_plain = autograd.grad(lambda x: anp.sum(w * softmax(x, lambda y: 0.0)))(a)
-    numpy.testing.assert_allclose(g, g_plain, rtol=1e-12, atol=1e-12)
+def test_masked_dense_kernel_leaves_cut_connections_without_gradient():
+    args, kwargs, _ = _inputs("masked_dense", "tanh", "float64")
+    mask = args[2]
+    g = autograd.grad(lambda w: anp.sum(_kernel("masked_dense")(args[0], w, *args[2:],
+                                                                **kwargs) ** 2))(args[1])
+    assert numpy.any(mask == 0) and not numpy.any(g[mask == 0])
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_per_sample_biases_get_per_sample_gradients(masked):
-    """A bias of shape (N, H) (a context added per sample) must not be summed over rows."""
+def test_networks_fast_equal_reference_and_per_sample_bias_matches_fd(masked):
+    """MLP and MaskedMLP with the fast layer on and off; a per-sample bias (N, H) gets its
+    own gradient per row, checked against central differences."""
     rng = numpy.random.default_rng(3)
     x = rng.standard_normal((5, 3))
     w0, w1 = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
     b1 = rng.standard_normal(2)
-    masks = (numpy.ones((3, 4)), numpy.ones((4, 2)))
+    masks = (rng.random((3, 4)) > 0.3).astype(float), numpy.ones((4, 2))
 
     def loss(b0):
         net = (MaskedMLP((w0, w1), (b0, b1), masks, "tanh") if masked
@@ -384,8 +236,12 @@ def test_per_sample_biases_get_per_sample_gradients(masked):
         return anp.sum(net(x) ** 2)
 
     b0 = rng.standard_normal((5, 4))
-    g = autograd.grad(loss)(b0)
-    assert g.shape == (5, 4)
+    with fast.enabled(True):
+        g, value = autograd.grad(loss)(b0), loss(b0)
+    with fast.enabled(False):
+        g_ref, value_ref = autograd.grad(loss)(b0), loss(b0)
+    numpy.testing.assert_allclose(value, value_ref, rtol=1e-13)
+    numpy.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-13)
     h = 1e-6
     fd = numpy.zeros_like(b0)
     for idx in numpy.ndindex(*b0.shape):
@@ -393,6 +249,54 @@ def test_per_sample_biases_get_per_sample_gradients(masked):
         e[idx] = h
         fd[idx] = (loss(b0 + e) - loss(b0 - e)) / (2 * h)
     numpy.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+REDUCTIONS = {
+    "sum_last": (sum_last, lambda a: numpy.sum(a, axis=-1, keepdims=True)),
+    "cumsum_last": (cumsum_last, lambda a: numpy.cumsum(a, axis=-1)),
+    "cumsum_last-exclusive": (lambda a: cumsum_last(a, True),
+                              lambda a: numpy.cumsum(a, axis=-1) - a),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_last_axis_reductions_against_numpy(name, dtype):
+    """Values against NumPy's reductions; the gradient of <W, f(a)> of a linear f is
+    f's transpose applied to W, written here for each: sum -> W broadcast, cumsum -> the
+    reversed cumsum of W, exclusive -> that minus W."""
+    fast_f, plain = REDUCTIONS[name]
+    rng = numpy.random.default_rng(0)
+    a = rng.standard_normal((4, 3, 8)).astype(dtype)
+    weights = rng.standard_normal(numpy.shape(plain(a))).astype(dtype)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    numpy.testing.assert_allclose(fast_f(a), plain(a), rtol=tol, atol=tol)
+    g = autograd.grad(lambda x: anp.sum(weights * fast_f(x)))(a)
+    assert g.dtype == numpy.dtype(dtype)
+    reverse_cumsum = numpy.cumsum(weights[..., ::-1], axis=-1)[..., ::-1]
+    expected = {"sum_last": numpy.broadcast_to(weights, a.shape),
+                "cumsum_last": reverse_cumsum,
+                "cumsum_last-exclusive": reverse_cumsum - weights}[name]
+    numpy.testing.assert_allclose(g, expected, rtol=tol, atol=tol)
+
+
+def test_max_last_is_the_max_and_take_bin_picks_the_bin():
+    rng = numpy.random.default_rng(0)
+    a = rng.standard_normal((4, 3, 8))
+    numpy.testing.assert_array_equal(max_last(a), numpy.max(a, axis=-1, keepdims=True))
+    knots = numpy.sort(rng.standard_normal((4, 3, 6)), axis=-1)
+    v = knots[..., 0] + (knots[..., -1] - knots[..., 0]) * rng.random((4, 3))
+    v[0, 0], v[1, 1] = knots[0, 0, 2], knots[1, 1, -1]   # on a knot; on the right end
+    index = bin_index(v, knots)
+    for n, d in numpy.ndindex(4, 3):
+        assert index[n, d] == min(numpy.searchsorted(knots[n, d], v[n, d], side="right") - 1, 4)
+    table = rng.standard_normal((3, 6))                      # shared by the 4 rows
+    weights = rng.standard_normal((4, 3))
+    g = autograd.grad(lambda t: anp.sum(weights * take_bin(t, index)))(table)
+    expected = numpy.zeros_like(table)
+    for n, d in numpy.ndindex(4, 3):
+        expected[d, index[n, d]] += weights[n, d]
+    numpy.testing.assert_allclose(g, expected, rtol=1e-13)
 
 
 @pytest.mark.parametrize("inverse", [False, True])
@@ -414,39 +318,8 @@ def test_spline_bin_index_equals_searchsorted(inverse, dtype):
         assert index[n, d] == expected, (n, d)
 
 
-@pytest.mark.parametrize("inverse", [False, True])
-def test_spline_inverse_of_forward_through_the_fused_path(inverse):
-    rng = numpy.random.default_rng(5)
-    theta = 2.0 * rng.standard_normal((64, 4, 23))
-    z = rng.uniform(-3.2, 3.2, (64, 4))
-    spline = RationalQuadraticSpline.from_unconstrained(theta, bound=3.0)
-    x, log_d = spline._forward(z)
-    z_back, log_d_back = spline._inverse(x)
-    numpy.testing.assert_allclose(z_back, z, atol=1e-10)
-    numpy.testing.assert_allclose(log_d_back, log_d, atol=1e-9)
-    # and h' against central differences of h
-    eps = 1e-6
-    slope = (spline._forward(z + eps)[0] - spline._forward(z - eps)[0]) / (2 * eps)
-    numpy.testing.assert_allclose(numpy.exp(log_d), slope, rtol=1e-6, atol=1e-8)
-
-
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_spline_on_the_bound_and_outside_is_the_identity(fused, dtype):
-    theta = numpy.random.default_rng(6).standard_normal((5, 2, 23)).astype(dtype)
-    v = numpy.array([[-3.0, 3.0], [-7.0, 7.5], [3.0, -3.0], [-3.0, 4.0], [9.0, -3.0]], dtype)
-    for inverse in (False, True):
-        out = spline_of_theta(inverse, fused)(v, theta)
-        numpy.testing.assert_array_equal(out[0], v)   # h(+-B) = +-B exactly, h(z) = z outside
-        numpy.testing.assert_array_equal(out[1], 0.0)
-        assert out.dtype == numpy.dtype(dtype)
-        # no gradient reaches theta from the tails
-        g = autograd.grad(lambda t, inv=inverse: anp.sum(spline_of_theta(inv, fused)(v, t)))(theta)
-        numpy.testing.assert_array_equal(g, 0.0)
-
-
 def _flows(rng):
-    """Flows whose layers take a fused path, built small; float64."""
+    """Flows whose layers have kernels, built small; float64."""
     from refflow.affine import Reverse
     from refflow.autoregressive import MAF
     from refflow.core import Compose, Flow
@@ -465,11 +338,8 @@ def _flows(rng):
 
 
 @pytest.mark.parametrize("name", ["realnvp", "maf", "spline-maf"])
-def test_flows_equal_their_readable_definition(name, monkeypatch):
-    """log_prob, sampling and the parameter gradient of whole flows, fused path against the
-    readable code of each class (its ``fused`` switch off)."""
-    from refflow.autoregressive import _LectureAffine
-    from refflow.coupling import AffineCoupling
+def test_flows_fast_equal_reference(name):
+    """log_prob, sampling and the parameter gradient of whole flows, fast layer on and off."""
     from refflow.train import nll
     from refflow.tree import partition
 
@@ -481,11 +351,33 @@ def test_flows_equal_their_readable_definition(name, monkeypatch):
         loss = autograd.grad(lambda p: nll(rebuild(p), x))(leaves)
         return flow.log_prob(x), flow.sample(5, B.rng(5)), loss
 
-    fast = run()
-    for cls in (AffineCoupling, _LectureAffine, RationalQuadraticSpline):
-        monkeypatch.setattr(cls, "fused", False)
-    readable = run()
-    numpy.testing.assert_allclose(fast[0], readable[0], rtol=1e-12, atol=1e-12)
-    numpy.testing.assert_allclose(fast[1], readable[1], rtol=1e-12, atol=1e-12)
-    for g_fast, g_readable in zip(fast[2], readable[2]):
-        numpy.testing.assert_allclose(g_fast, g_readable, rtol=1e-10, atol=1e-12)
+    with fast.enabled(True):
+        on = run()
+    with fast.enabled(False):
+        off = run()
+    numpy.testing.assert_allclose(on[0], off[0], rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(on[1], off[1], rtol=1e-12, atol=1e-12)
+    for g_on, g_off in zip(on[2], off[2]):
+        numpy.testing.assert_allclose(g_on, g_off, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fast_on", [True, False], ids=["fast", "reference"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_spline_on_the_bound_and_outside_is_the_identity(fast_on, dtype):
+    theta = numpy.random.default_rng(6).standard_normal((5, 2, 23)).astype(dtype)
+    v = numpy.array([[-3.0, 3.0], [-7.0, 7.5], [3.0, -3.0], [-3.0, 4.0], [9.0, -3.0]], dtype)
+
+    def run(t, inverse):
+        spline = RationalQuadraticSpline.from_unconstrained(t, bound=3.0)
+        return (spline.inverse_elementwise if inverse else spline.forward_elementwise)(v)
+
+    with fast.enabled(fast_on):
+        for inverse in (False, True):
+            out, log_d = run(theta, inverse)
+            numpy.testing.assert_array_equal(out, v)   # h(+-B) = +-B exactly, h(z) = z outside
+            numpy.testing.assert_array_equal(log_d, 0.0)
+            assert out.dtype == log_d.dtype == numpy.dtype(dtype)
+            # no gradient reaches theta from the tails
+            g = autograd.grad(lambda t, i=inverse: anp.sum(run(t, i)[0]) + anp.sum(run(t, i)[1]))(
+                theta)
+            numpy.testing.assert_array_equal(g, 0.0)

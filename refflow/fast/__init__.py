@@ -16,6 +16,7 @@ from refflow.fast.registry import (
     kernels,
     references,
     replaceable,
+    replaceables,
     set_enabled,
 )
 
@@ -27,4 +28,5 @@ __all__ = [
     "kernel",
     "kernels",
     "references",
+    "replaceables",
 ]

@@ -17,6 +17,8 @@ For a (rows, K) matrix A: sum = A 1, cumsum = A U with U_ij = [i <= j] (exclusiv
 
 from __future__ import annotations
 
+import math
+
 import autograd.numpy as np
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
@@ -67,7 +69,8 @@ defvjp(take_bin, _take_bin_vjp)
 
 def _rows(a):
     """a (..., K) as a matrix (rows, K), for one BLAS call over all leading axes."""
-    return np.reshape(a, (-1, a.shape[-1]))
+    # the row count written out: -1 is ambiguous when K = 0 (a one-bin spline's interior)
+    return np.reshape(a, (math.prod(a.shape[:-1]), a.shape[-1]))
 
 
 @primitive

@@ -33,6 +33,7 @@ __all__ = [
     "is_enabled",
     "enabled_from_env",
     "references",
+    "replaceables",
     "kernels",
     "array_backend",
 ]
@@ -54,6 +55,7 @@ def enabled_from_env(environ: Any = None) -> bool:
 _DEFAULT: bool = enabled_from_env()
 _enabled: ContextVar[bool] = ContextVar("refflow_fast", default=_DEFAULT)
 _references: dict[str, Callable] = {}
+_replaceables: dict[str, Callable] = {}
 _kernels: dict[str, dict[str, Callable]] = {}
 _loaded: list[bool] = [False]
 
@@ -135,6 +137,7 @@ def replaceable(name: str) -> Callable[[Callable], Callable]:
 
         dispatch.reference = reference
         dispatch.replaceable_name = name
+        _replaceables[name] = dispatch
         return dispatch
 
     return mark
@@ -159,6 +162,11 @@ def kernel(name: str, backend: str = "numpy") -> Callable[[Callable], Callable]:
 def references() -> dict[str, Callable]:
     """Every replaceable reference function, by name."""
     return dict(_references)
+
+
+def replaceables() -> dict[str, Callable]:
+    """Every replaceable function as its modules export it (the dispatcher), by name."""
+    return dict(_replaceables)
 
 
 def kernels() -> dict[str, dict[str, Callable]]:
