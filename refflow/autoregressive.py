@@ -14,9 +14,11 @@ evaluates densities in one; IAF the other way round. ``benchmarks/autoregressive
 measures it, ``docs/autoregressive_costs.md`` holds the table.
 
 Transformers: by default the lecture's affine map x_i = z_i exp(alpha_i) + mu_i, with
-theta_i = (mu_i, alpha_i). Any element-wise transformer class with ``P`` parameters per
-coordinate (``num_params(**options)`` when it has one) and ``from_unconstrained(theta,
-**options)`` for theta of shape (..., D, P) may replace it, e.g.
+theta_i = (mu_i, alpha_i). Any element-wise transformer class of the protocol that
+``Coupling`` uses too may replace it: P = ``num_params(**options)`` parameters per
+coordinate, ``from_unconstrained(theta, **options)`` for theta of shape (..., D, P), and
+instances whose ``forward_elementwise(z)`` / ``inverse_elementwise(x)`` give the value and
+the element-wise log-derivative in one call, e.g.
 ``refflow.elementwise.RationalQuadraticSpline`` (a neural spline autoregressive flow).
 
 Notes
@@ -45,20 +47,50 @@ References
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import autograd.numpy as np
 
 from refflow import backend as B
 from refflow.checks import check_array, check_int
-from refflow.fused import affine_log_det, affine_transformer
+from refflow.fast import replaceable
 from refflow.nn import MLP, MaskedMLP
 from refflow.nn import activation as _activation
+from refflow.ops import where
 
-__all__ = ["MADE", "MAF", "IAF", "SlowMAF"]
+__all__ = ["MADE", "MAF", "IAF", "SlowMAF", "affine_transformer"]
+
+
+@replaceable("affine_transformer")
+def affine_transformer(v, theta, inverse: bool = False):
+    r"""The lecture's MAF transformer x = z exp(alpha) + mu and its log-derivative alpha.
+
+    Parameters
+    ----------
+    v : (..., D) array, z (or x when ``inverse``).
+    theta : (..., D, 2) array, (mu, alpha) per coordinate, broadcasting against v.
+    inverse : bool; True gives z = (x - mu) exp(-alpha) and -alpha.
+
+    Returns
+    -------
+    (u, log_d) : the transformed v and the element-wise log-derivative, log dx/dz = alpha
+        (log dz/dx = -alpha for the inverse).
+
+    Notes
+    -----
+    Lecture: "Autoregressive flows (Masked autoregressive flows)".
+
+    .. math::
+
+        x_i = z_i \exp\alpha_i + \mu_i, \qquad z_i = (x_i - \mu_i) \exp(-\alpha_i), \qquad
+        \log \frac{\partial x_i}{\partial z_i} = \alpha_i
+    """
+    mu, alpha = theta[..., 0], theta[..., 1]
+    if inverse:
+        return (v - mu) * np.exp(-alpha), -alpha
+    return v * np.exp(alpha) + mu, alpha
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,53 +103,48 @@ class _LectureAffine:
     it, theta_i = (mu_i, alpha_i) and log|det J| = sum_i alpha_i (not log exp alpha_i).
     """
 
-    P = 2
     theta: Any  # (..., D, 2): (mu, alpha) per coordinate
-    # the fast path (refflow.fused: one primitive for the update, one for its log-det);
-    # False runs the lecture's lines below, its definition
-    fused: ClassVar[bool] = True
 
-    @property
-    def mu(self):
-        return self.theta[..., 0]
-
-    @property
-    def alpha(self):
-        return self.theta[..., 1]
+    @classmethod
+    def num_params(cls) -> int:
+        """Raw parameters per coordinate: (mu, alpha)."""
+        return 2
 
     @classmethod
     def from_unconstrained(cls, theta) -> _LectureAffine:
         return cls(theta)
 
-    def forward(self, z):
-        if self.fused:
-            return affine_transformer(z, self.theta), affine_log_det(self.theta)
-        return z * np.exp(self.alpha) + self.mu, np.sum(self.alpha, axis=-1)
+    def forward_elementwise(self, z):
+        """x = z exp(alpha) + mu and log dx/dz = alpha, element-wise."""
+        return affine_transformer(z, self.theta)
 
-    def inverse(self, x):
-        if self.fused:
-            return affine_transformer(x, self.theta, True), affine_log_det(self.theta, True)
-        return (x - self.mu) * np.exp(-self.alpha), -np.sum(self.alpha, axis=-1)
+    def inverse_elementwise(self, x):
+        """z = (x - mu) exp(-alpha) and log dz/dx = -alpha, element-wise."""
+        return affine_transformer(x, self.theta, True)
+
+
+_PROTOCOL = ("num_params", "from_unconstrained", "forward_elementwise", "inverse_elementwise")
 
 
 def _transformer_class(transformer: Any) -> Any:
     t = _LectureAffine if transformer is None else transformer
-    if not (hasattr(t, "from_unconstrained") and hasattr(t, "P")):
+    if not all(hasattr(t, name) for name in _PROTOCOL):
         raise ValueError(
-            "transformer: expected an element-wise transformer class with a class attribute P "
-            f"and from_unconstrained(theta), got {t!r}"
+            "transformer: expected an element-wise transformer class with "
+            f"{', '.join(_PROTOCOL)}, got {t!r}"
         )
     return t
 
 
 def _params_per_dim(transformer: Any, options: dict) -> int:
-    """P, the number of unconstrained parameters per coordinate of ``transformer``."""
-    count = getattr(transformer, "num_params", None)
-    if count is None:
-        return int(transformer.P)
-    # the size depends on some options only (a spline's bins, not its bound)
-    accepted = inspect.signature(count).parameters
-    return int(count(**{k: v for k, v in options.items() if k in accepted}))
+    """P = ``transformer.num_params(**options)``, the raw parameters per coordinate."""
+    return int(_transformer_class(transformer).num_params(**options))
+
+
+def _apply(h: Any, v, inverse: bool):
+    """(u, log|det J|): one call of the transformer h, its log-derivatives summed over D."""
+    u, log_d = h.inverse_elementwise(v) if inverse else h.forward_elementwise(v)
+    return u, np.sum(log_d, axis=-1)
 
 
 def _order(order: Any, dim: int, rng: Any) -> tuple:
@@ -314,16 +341,13 @@ class _Autoregressive:
         if not isinstance(self.made, MADE):
             u = np.zeros_like(v)
             for _ in range(v.shape[-1]):
-                h = self._h(self.made(u))
-                u, log_det = h.inverse(v) if inverse else h.forward(v)
+                u, log_det = _apply(self._h(self.made(u)), v, inverse)
             return u, log_det
         u, log_det = np.zeros_like(v), 0.0
         columns = B.eye_like(v) > 0                                 # (D, D): column i of u
         for i in self.made.order:
-            h = self._h(self.made.block(u, i))
-            v_i = v[..., i:i + 1]
-            u_i, log_det_i = h.inverse(v_i) if inverse else h.forward(v_i)
-            u = np.where(columns[i], u_i, u)
+            u_i, log_det_i = _apply(self._h(self.made.block(u, i)), v[..., i:i + 1], inverse)
+            u = where(columns[i], u_i, u)
             log_det = log_det + log_det_i
         return u, log_det
 
@@ -386,7 +410,7 @@ class MAF(_Autoregressive):
 
     def inverse(self, x):
         check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        return self._h(self.made(x)).inverse(x)
+        return _apply(self._h(self.made(x)), x, inverse=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -438,7 +462,7 @@ class IAF(_Autoregressive):
 
     def forward(self, z):
         check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        return self._h(self.made(z)).forward(z)
+        return _apply(self._h(self.made(z)), z, inverse=False)
 
     def inverse(self, x):
         check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
@@ -559,7 +583,7 @@ class SlowMAF:
             # each network must wait for the coordinates before it: D sequential evaluations
             theta = (self._theta_first(z) if i == 0
                      else self.nets[i - 1](np.concatenate(columns, axis=-1)))
-            x_i, log_det_i = self._h(theta[..., None, :]).forward(z[..., i:i + 1])
+            x_i, log_det_i = _apply(self._h(theta[..., None, :]), z[..., i:i + 1], False)
             columns.append(x_i)
             log_det = log_det + log_det_i
         return np.concatenate(columns, axis=-1), log_det
@@ -568,4 +592,4 @@ class SlowMAF:
         check_array("x", x, min_ndim=1, last=self.dim, finite=False)
         thetas = [self._theta_first(x)] + [net(x[..., :i]) for i, net in
                                            enumerate(self.nets, start=1)]
-        return self._h(np.stack(thetas, axis=-2)).inverse(x)  # theta (..., D, P)
+        return _apply(self._h(np.stack(thetas, axis=-2)), x, inverse=True)  # theta (..., D, P)

@@ -35,14 +35,14 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import autograd.numpy as np
 
 from refflow import backend as B
 from refflow.backend import is_array, to_numpy
 from refflow.checks import check_array, check_int, check_positive
-from refflow.fused import affine_coupling, affine_coupling_log_det, tanh_bound
+from refflow.fast import replaceable
 from refflow.nn import MLP, ConvNet
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "alternating_mask",
     "checkerboard_mask",
     "channel_mask",
+    "affine_coupling",
 ]
 
 
@@ -149,12 +150,31 @@ class _CouplingParts:
     def _masked(self) -> bool:
         return not isinstance(self.split, (int, np.integer))
 
-    def _parts(self, z):
+    def _parts(self, z, name: str = "z"):
         """(z^B, z^A): with a mask, z^B is b * z and z^A is all of z (only 1 - b is kept)."""
-        check_array("z", z, min_ndim=self.event_ndim, finite=False)
+        check_array(name, z, min_ndim=self.event_ndim, finite=False)
         if self._masked():
+            # shapes only, so traced values are checked too: a wrong event shape would
+            # otherwise broadcast against the mask or fail deep inside NumPy
+            event = tuple(np.shape(self.split))
+            if tuple(np.shape(z)[-self.event_ndim:]) != event:
+                raise ValueError(f"{name}: expected the event shape {event} of the mask, got "
+                                 f"shape {tuple(np.shape(z))}")
             return self.split * z, z
+        if np.shape(z)[-1] <= self.split:
+            raise ValueError(f"{name}: expected more than split = {self.split} coordinates on "
+                             f"the last axis, got shape {tuple(np.shape(z))}")
         return z[..., : self.split], z[..., self.split :]  # (..., d), (..., C - d)
+
+    def _check_output(self, name: str, z, out, per_coordinate: int) -> None:
+        """The conditioner's output must hold ``per_coordinate`` numbers per coordinate of z^A:
+        otherwise z has the wrong size (the conditioner reads only z^B, so it cannot tell)."""
+        c = np.shape(z)[-1]
+        n_a = c if self._masked() else c - self.split
+        if np.shape(out)[-1] != per_coordinate * n_a:
+            expected = np.shape(out)[-1] // per_coordinate + (0 if self._masked() else self.split)
+            raise ValueError(f"{name}: expected {expected} coordinates on the last axis (the "
+                             f"size the conditioner was built for), got shape {tuple(np.shape(z))}")
 
     def _merge(self, z, x_a):
         """x = (z^B, x^A): x^B = z^B is copied."""
@@ -162,9 +182,17 @@ class _CouplingParts:
             return self.split * z + (1.0 - self.split) * x_a
         return np.concatenate([z[..., : self.split], x_a], axis=-1)
 
-    def _active(self, per_coordinate):
-        """Zero the per-coordinate values (log-derivatives, scales) outside z^A."""
-        return (1.0 - self.split) * per_coordinate if self._masked() else per_coordinate
+    def _active(self, per_coordinate, halves: int = 1):
+        """Zero the per-coordinate values (log-derivatives, scales) outside z^A; ``halves``
+        blocks of them side by side on the last axis (RealNVP's (s, t): 2)."""
+        if not self._masked():
+            return per_coordinate
+        keep = 1.0 - self.split
+        return per_coordinate * (np.concatenate([keep] * halves, axis=-1) if halves > 1 else keep)
+
+    def _sum_event(self, log_det):
+        """Sum a log-det already summed over the last axis over the other event axes."""
+        return np.sum(log_det, axis=self._axes()[1:]) if self.event_ndim > 1 else log_det
 
 
 def _conditioner(rng, event_shape: tuple, n_in: int, n_out: int, hidden, activation: str,
@@ -204,7 +232,8 @@ class Coupling(_CouplingParts):
         is the last axis (channels for images).
     transformer : an element-wise bijection class of ``refflow.elementwise`` (static):
         ``from_unconstrained(theta, **static)`` with P = ``num_params(**static)`` raw numbers
-        per coordinate, ``transform``, ``inverse_transform`` and ``log_derivative``.
+        per coordinate; its instances' ``forward_elementwise(z) -> (x, log h'(z))`` and
+        ``inverse_elementwise(x) -> (z, -log h'(z))`` are called once per call.
     split : int d (the first d coordinates of the last axis are z^B) or a 0/1 mask of the
         event shape (1 = z^B) (static).
     event_ndim : 1 for vectors (N, D), 3 for images (N, H, W, C) (static).
@@ -247,8 +276,8 @@ class Coupling(_CouplingParts):
 
     def __post_init__(self):
         _check_split(self.split, self.event_ndim)
-        needed = ("from_unconstrained", "num_params", "transform", "inverse_transform",
-                  "log_derivative")
+        needed = ("from_unconstrained", "num_params", "forward_elementwise",
+                  "inverse_elementwise")
         if not all(hasattr(self.transformer, name) for name in needed):
             raise ValueError("transformer: expected an element-wise bijection class of "
                              f"refflow.elementwise (with {', '.join(needed)})")
@@ -265,25 +294,23 @@ class Coupling(_CouplingParts):
         net = _conditioner(rng, event_shape, n_in, n_out * p, hidden, activation, zero_last)
         return cls(net, transformer, split, len(event_shape), static)
 
-    def _transform(self, z, inverse: bool):
-        z_b, z_a = self._parts(z)
+    def _transform(self, name: str, z, inverse: bool):
+        z_b, z_a = self._parts(z, name)
         p = self.transformer.num_params(**self.static)
-        theta = np.reshape(self.conditioner(z_b), z_a.shape + (p,))  # (..., |A|, P)
-        f = self.transformer.from_unconstrained(theta, **self.static)
-        # per-coordinate log-derivatives, so that a mask can drop those of z^B
-        if inverse:
-            x_a = f.inverse_transform(z_a)
-            log_d = -f.log_derivative(x_a)
-        else:
-            x_a = f.transform(z_a)
-            log_d = f.log_derivative(z_a)
+        out = self.conditioner(z_b)
+        self._check_output(name, z, out, p)
+        theta = np.reshape(out, z_a.shape + (p,))  # (..., |A|, P)
+        h = self.transformer.from_unconstrained(theta, **self.static)
+        # one call gives the value and the per-coordinate log-derivatives (a mask then drops
+        # those of z^B)
+        x_a, log_d = h.inverse_elementwise(z_a) if inverse else h.forward_elementwise(z_a)
         return self._merge(z, x_a), np.sum(self._active(log_d), axis=self._axes())
 
     def forward(self, z):
-        return self._transform(z, inverse=False)
+        return self._transform("z", z, inverse=False)
 
     def inverse(self, x):
-        return self._transform(x, inverse=True)
+        return self._transform("x", x, inverse=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -340,17 +367,19 @@ class AdditiveCoupling(_CouplingParts):
         net = _conditioner(rng, event_shape, n_in, n_out, hidden, activation, zero_last)
         return cls(net, split, len(event_shape))
 
-    def _shift(self, z, sign: float):
-        z_b, z_a = self._parts(z)
-        x_a = z_a + sign * self._active(self.conditioner(z_b))
+    def _shift(self, name: str, z, sign: float):
+        z_b, z_a = self._parts(z, name)
+        m = self.conditioner(z_b)
+        self._check_output(name, z, m, 1)
+        x_a = z_a + sign * self._active(m)
         batch = z[(Ellipsis,) + (0,) * self.event_ndim]
         return self._merge(z, x_a), np.zeros_like(batch)
 
     def forward(self, z):
-        return self._shift(z, 1.0)
+        return self._shift("z", z, 1.0)
 
     def inverse(self, x):
-        return self._shift(x, -1.0)
+        return self._shift("x", x, -1.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -402,9 +431,6 @@ class AffineCoupling(_CouplingParts):
     split: Any = field(default=1, metadata={"static": True})
     event_ndim: int = field(default=1, metadata={"static": True})
     scale_bound: float | None = field(default=2.0, metadata={"static": True})
-    # the fast path for vectors split in two (refflow.fused: one primitive for the update and
-    # the merge, one for the log-det); False, a mask or an image runs the readable code
-    fused: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_split(self.split, self.event_ndim)
@@ -422,39 +448,59 @@ class AffineCoupling(_CouplingParts):
         net = _conditioner(rng, event_shape, n_in, 2 * n_out, hidden, activation, zero_last)
         return cls(net, split, len(event_shape), scale_bound)
 
-    def _scale_shift(self, z_b):
-        out = self.conditioner(z_b)
-        k = out.shape[-1] // 2
-        s, t = out[..., :k], out[..., k:]  # (..., |A|) each
-        if self.scale_bound is not None:
-            # a tanh(s / a), with a VJP from the output (fused.tanh_bound); no cosh overflow
-            s = tanh_bound(s, self.scale_bound)
-        return self._active(s), self._active(t)
-
-    def _fast(self) -> bool:
-        return self.fused and self.event_ndim == 1 and not self._masked()
+    def _couple(self, name: str, v, inverse: bool):
+        v_b, _ = self._parts(v, name)
+        out = self.conditioner(v_b)
+        self._check_output(name, v, out, 2)
+        out = self._active(out, halves=2)  # (..., 2 |A|): (s, t)
+        # a mask zeroes s and t on z^B, where z exp(0) + 0 = z copies z^B: with the mask
+        # applied to the conditioner's output, the whole z is "z^A" (split 0)
+        first = 0 if self._masked() else self.split
+        u, log_det = affine_coupling(v, out, first, self.scale_bound, inverse)
+        return u, self._sum_event(log_det)
 
     def forward(self, z):
-        if self._fast():
-            check_array("z", z, min_ndim=1, finite=False)
-            out = self.conditioner(z[..., : self.split])
-            return (affine_coupling(z, out, self.split, self.scale_bound),
-                    affine_coupling_log_det(out, self.scale_bound))
-        z_b, z_a = self._parts(z)
-        s, t = self._scale_shift(z_b)
-        x_a = z_a * np.exp(s) + t
-        return self._merge(z, x_a), np.sum(s, axis=self._axes())
+        return self._couple("z", z, inverse=False)
 
     def inverse(self, x):
-        if self._fast():
-            check_array("x", x, min_ndim=1, finite=False)
-            out = self.conditioner(x[..., : self.split])
-            return (affine_coupling(x, out, self.split, self.scale_bound, True),
-                    affine_coupling_log_det(out, self.scale_bound, True))
-        x_b, x_a = self._parts(x)
-        s, t = self._scale_shift(x_b)
-        z_a = (x_a - t) * np.exp(-s)
-        return self._merge(x, z_a), -np.sum(s, axis=self._axes())
+        return self._couple("x", x, inverse=True)
+
+
+@replaceable("affine_coupling")
+def affine_coupling(z, out, split: int, bound: float | None, inverse: bool = False):
+    r"""RealNVP's coupling step on the last axis: x = (z^B, z^A exp(s) + t), log|det J| = sum s.
+
+    Parameters
+    ----------
+    z : (..., C) array; z^B = z[..., :split] is copied, z^A = z[..., split:] transformed.
+    out : (..., 2 (C - split)) array, the conditioner's output on z^B, (s_raw, t).
+    split : int, 0 <= split < C.
+    bound : the soft bound a of s = a tanh(s_raw / a), or None for s = s_raw.
+    inverse : bool; True gives z from x = (x^B, x^A), with out computed on x^B = z^B.
+
+    Returns
+    -------
+    (x, log_det) : (..., C) and (...,): the log-det summed over the last axis.
+
+    Notes
+    -----
+    Lecture: "Coupling flows", RealNVP.
+
+    .. math::
+
+        x^A = z^A \odot \exp(s) + t, \qquad z^A = (x^A - t) \odot \exp(-s), \qquad
+        \log|\det \mathbf{J}_f| = \sum_j s_j
+
+    s and the update are computed once and shared by the value and the log-det.
+    """
+    k = out.shape[-1] // 2
+    s, t = out[..., :k], out[..., k:]  # (..., C - split) each
+    if bound is not None:
+        s = bound * np.tanh(s / bound)
+    z_b, z_a = z[..., :split], z[..., split:]
+    if inverse:
+        return np.concatenate([z_b, (z_a - t) * np.exp(-s)], axis=-1), -np.sum(s, axis=-1)
+    return np.concatenate([z_b, z_a * np.exp(s) + t], axis=-1), np.sum(s, axis=-1)
 
 
 @dataclass(frozen=True, eq=False)

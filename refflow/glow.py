@@ -64,6 +64,19 @@ def _batch_zeros(z, event_ndim: int):
     return np.zeros_like(z[(Ellipsis,) + (0,) * event_ndim])
 
 
+def _check_channels(name: str, z, channels: int, event_ndim: int) -> None:
+    """ValueError naming ``name`` unless z is (..., C) (vectors) or (..., H, W, C) (images).
+
+    Shapes only, so that traced values are checked too: a wrong C would otherwise broadcast
+    against the per-channel parameters or fail inside NumPy with its own message.
+    """
+    check_array(name, z, min_ndim=event_ndim, finite=False)
+    shape = tuple(np.shape(z))
+    if len(shape) < event_ndim or shape[-1] != channels:
+        kind = "(..., H, W, C)" if event_ndim == 3 else "(..., C)"
+        raise ValueError(f"{name}: expected shape {kind} with C = {channels}, got {shape}")
+
+
 def _check_event_ndim(event_ndim: int) -> None:
     if event_ndim not in (1, 3):
         raise ValueError(f"event_ndim: expected 1 (vectors) or 3 (images), got {event_ndim}")
@@ -130,16 +143,18 @@ class ActNorm:
         loc = 0.1 * rng.standard_normal((c,))
         return cls(loc, np.exp(0.1 * rng.standard_normal((c,))), len(event_shape))
 
-    def _log_det(self, z):
-        check_array("z", z, min_ndim=self.event_ndim, last=self.loc.shape[0], finite=False)
+    def _log_det(self, name: str, z):
+        _check_channels(name, z, self.loc.shape[0], self.event_ndim)
         per_position = np.sum(np.log(self.scale))
         return _batch_zeros(z, self.event_ndim) + _positions(z, self.event_ndim) * per_position
 
     def forward(self, z):
-        return z * self.scale + self.loc, self._log_det(z)
+        log_det = self._log_det("z", z)
+        return z * self.scale + self.loc, log_det
 
     def inverse(self, x):
-        return (x - self.loc) / self.scale, -self._log_det(x)
+        log_det = self._log_det("x", x)
+        return (x - self.loc) / self.scale, -log_det
 
 
 class _Reached(Exception):
@@ -309,18 +324,20 @@ class Invertible1x1Conv:
         q, _ = B.xp().linalg.qr(rng.standard_normal((c, c)))
         return cls(q, len(event_shape))
 
-    def _log_det(self, z):
-        check_array("z", z, min_ndim=self.event_ndim, last=self.weight.shape[0], finite=False)
+    def _log_det(self, name: str, z):
+        _check_channels(name, z, self.weight.shape[0], self.event_ndim)
         per_position = slogdet(self.weight)[1]
         return _batch_zeros(z, self.event_ndim) + _positions(z, self.event_ndim) * per_position
 
     def forward(self, z):
-        return z @ self.weight.T, self._log_det(z)
+        log_det = self._log_det("z", z)
+        return z @ self.weight.T, log_det
 
     def inverse(self, x):
+        log_det = self._log_det("x", x)
         # W^{-1} once (LU with pivoting on C x C), then one product for all pixels
         w_inv = solve(self.weight, B.eye_like(self.weight), columns=True)
-        return x @ w_inv.T, -self._log_det(x)
+        return x @ w_inv.T, -log_det
 
 
 @dataclass(frozen=True, eq=False)
@@ -412,15 +429,17 @@ class LUInvertible1x1Conv:
         """The full matrix W = P L U'."""
         return self.perm @ (self.lower @ self._triangular())
 
-    def _log_det(self, z):
-        check_array("z", z, min_ndim=self.event_ndim, last=self.scale.shape[0], finite=False)
+    def _log_det(self, name: str, z):
+        _check_channels(name, z, self.scale.shape[0], self.event_ndim)
         per_position = np.sum(np.log(self.scale))
         return _batch_zeros(z, self.event_ndim) + _positions(z, self.event_ndim) * per_position
 
     def forward(self, z):
-        return z @ self.weight().T, self._log_det(z)
+        log_det = self._log_det("z", z)
+        return z @ self.weight().T, log_det
 
     def inverse(self, x):
+        log_det = self._log_det("x", x)
         # W^{-1} = U'^{-1} L^{-1} P^T by two triangular solves on the C x C matrix P^T, then
         # one product for all pixels: the solves' O(C) sequential steps run on C x C arrays,
         # not on the whole batch
@@ -428,7 +447,7 @@ class LUInvertible1x1Conv:
         l_inv_p_t = solve_triangular(self.lower, p_t, lower=True, unit_diagonal=True,
                                      columns=True)
         w_inv = solve_triangular(self._triangular(), l_inv_p_t, lower=False, columns=True)
-        return x @ w_inv.T, -self._log_det(x)
+        return x @ w_inv.T, -log_det
 
 
 # ---------------------------------------------------------------------------------- squeeze

@@ -24,6 +24,7 @@ References
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,7 @@ def jacobian(f: Callable[[Any], Any], z: Any) -> Any:
     """
     event_shape = tuple(z.shape[1:])
     n = z.shape[0]
-    z_flat = np.reshape(z, (n, -1))
+    z_flat = np.reshape(z, (n, math.prod(event_shape)))  # not -1: an empty batch has N = 0
     vjp, _ = make_vjp(_flat(f, event_shape))(z_flat)
     eye = eye_like(z_flat, z_flat.shape[1])
     # one reverse pass per output coordinate i, all rows at once: row i of every J[n]

@@ -47,36 +47,27 @@ from refflow.backend import eye_like, to_numpy
 from refflow.checks import check_array, check_int
 from refflow.jacobian import jacobian
 from refflow.linalg import logabsdet_lowrank, slogdet
-from refflow.nn import activation as _nn_activation
-from refflow.nn import sigmoid, softplus, softplus_inverse
-from refflow.ops import maximum, minimum, where
+from refflow.nn import (
+    MLP,
+    derivative,
+    sigmoid,  # noqa: F401  (residual.sigmoid, used before LipSwish moved to nn)
+    softplus,
+    softplus_inverse,
+)
+from refflow.nn import activation as nn_activation
+from refflow.ops import maximum, where
 from refflow.solvers import invert_increasing, invert_residual
 
 __all__ = ["ContractiveResidual", "LowRankResidual", "Planar", "Radial", "logdet_estimate"]
 
 _SQUARINGS = 6  # the certified norm bound overestimates sigma_1 by at most r^(1/256)
 
-
-def _lipswish(x):
-    # max slope of x sigmoid(x) is 1.0998 (at x ~ 2.4): dividing by 1.1 makes it 1-Lipschitz
-    return np.multiply(x, sigmoid(x)) / 1.1
-
-
-def _dlipswish(x):
-    s = sigmoid(x)
-    return (s + x * s * (1 - s)) / 1.1
-
-
-def _delu(x):
-    return np.exp(minimum(x, 0.0))
-
-
-# name -> (activation, its derivative); all increasing with slope <= 1, so 1-Lipschitz
-ACTIVATIONS = {
-    "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2),
-    "elu": (_nn_activation("elu"), _delu),
-    "lipswish": (_lipswish, _dlipswish),
-}
+# activations of refflow.nn that are increasing with slope <= 1, so 1-Lipschitz: a layer
+# then keeps the Lipschitz constant of its (normalised) weights
+LIPSCHITZ_ACTIVATIONS = ("tanh", "elu", "lipswish")
+# name -> (activation, derivative), a view of refflow.nn's tables kept for one release
+# (code that read residual.ACTIVATIONS); use refflow.nn.activation / derivative
+ACTIVATIONS = {name: (nn_activation(name), derivative(name)) for name in LIPSCHITZ_ACTIVATIONS}
 
 
 def _check_choice(name: str, value: Any, choices) -> None:
@@ -119,15 +110,6 @@ def _spectral_bound(W):
 def _normalise(W, coeff: float):
     """W / max(1, bound(W) / c): spectral norm <= c, and W unchanged when already below c."""
     return np.divide(W, maximum(1.0, _spectral_bound(W) / coeff))
-
-
-def _mlp(z, weights, biases, act):
-    h = z
-    for i, (w, b) in enumerate(zip(weights, biases)):
-        h = np.add(np.matmul(h, w), b)
-        if i < len(weights) - 1:
-            h = act(h)
-    return h
 
 
 def _rows(z, dim: int):
@@ -233,7 +215,7 @@ class ContractiveResidual:
     def __post_init__(self):
         _check_mlp(self.weights, self.biases)
         _check_coeff(self.coeff)
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("activation", self.activation, LIPSCHITZ_ACTIVATIONS)
         _check_choice("logdet", self.logdet, ("exact", "series"))
         check_int("terms", self.terms)
         check_int("max_iter", self.max_iter)
@@ -262,9 +244,14 @@ class ContractiveResidual:
         """The normalised weights F uses, each of spectral norm <= coeff."""
         return tuple(_normalise(w, self.coeff) for w in self.weights)
 
+    def network(self, weights: tuple | None = None, biases: tuple | None = None) -> MLP:
+        """F as a ``refflow.nn.MLP`` with the normalised weights (or the given ones)."""
+        weights = self.effective_weights() if weights is None else weights
+        return MLP(weights, self.biases if biases is None else biases, self.activation)
+
     def residual(self, z):
         """F(z), shape of z."""
-        return _mlp(z, self.effective_weights(), self.biases, ACTIVATIONS[self.activation][0])
+        return self.network()(z)
 
     def _log_det(self, z):
         J = jacobian(self.residual, _rows(z, self.dim))  # (N, D, D) = J_F
@@ -280,11 +267,10 @@ class ContractiveResidual:
 
     def inverse(self, x):
         check_array("x", x, min_ndim=1, last=self.dim, finite=False)
-        act = ACTIVATIONS[self.activation][0]
         n = len(self.weights)
 
         def F(z, *params):
-            return _mlp(z, params[:n], params[n:], act)
+            return self.network(params[:n], params[n:])(z)
 
         z = invert_residual(F, x, *self.effective_weights(), *self.biases,
                             lipschitz=self.lipschitz, tol=self.tol, max_iter=self.max_iter)
@@ -356,7 +342,7 @@ class LowRankResidual:
             raise ValueError(f"V: expected shape ({rank}, {dim}), got {self.V.shape}")
         check_array("shift", self.shift, ndim=1, last=dim)
         _check_coeff(self.coeff)
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("activation", self.activation, LIPSCHITZ_ACTIVATIONS)
         check_int("max_iter", self.max_iter)
 
     @classmethod
@@ -379,8 +365,8 @@ class LowRankResidual:
         return float(self.coeff) ** 2
 
     def _F(self, z, W, b, V, shift):
-        return np.add(np.matmul(ACTIVATIONS[self.activation][0](np.add(np.matmul(z, W), b)), V),
-                      shift)
+        # F = F2 o F1: an MLP D -> M -> D
+        return MLP((W, V), (b, shift), self.activation)(z)
 
     def residual(self, z):
         """F(z), shape of z."""
@@ -390,7 +376,7 @@ class LowRankResidual:
     def _log_det(self, z):
         W, V = _normalise(self.W, self.coeff), _normalise(self.V, self.coeff)
         a = np.add(np.matmul(z, W), self.b)  # (..., M)
-        J1 = ACTIVATIONS[self.activation][1](a)[..., :, None] * np.transpose(W)  # (..., M, D)
+        J1 = derivative(self.activation)(a)[..., :, None] * np.transpose(W)  # (..., M, D)
         return logabsdet_lowrank(np.transpose(V), J1)
 
     def forward(self, z):

@@ -76,6 +76,7 @@ def bisect_increasing(
     tol: float | Array | None = None,
     max_iter: int = 200,
     max_expand: int = 60,
+    name: str = "target",
 ) -> Array:
     r"""Solve g(a) = target element-wise for a strictly increasing element-wise g, by bisection.
 
@@ -87,8 +88,11 @@ def bisect_increasing(
         parameters, but the result is not differentiable: use :func:`invert_increasing`.
     target : array, any shape, floating point
     lo, hi : float or array broadcasting to ``target``
-        Initial bracket, ``lo < hi``. It is grown outward (the step doubles each round, at most
-        ``max_expand`` rounds) until ``g(lo) <= target <= g(hi)`` for every element.
+        Initial bracket, ``lo <= hi``. It is grown outward (the step doubles each round, at
+        most ``max_expand`` rounds, starting from hi - lo or a few units in the last place of
+        the bracket, whichever is larger) until ``g(lo) <= target <= g(hi)`` for every
+        element. ``lo == hi`` is allowed: at large magnitudes a bracket computed in floating
+        point can collapse to one number.
     tol : float or array, optional
         Absolute tolerance on ``a``. Default ``4 eps max(1, |a|)`` with ``eps`` of the dtype
         of ``target``, a few units in the last place.
@@ -96,6 +100,9 @@ def bisect_increasing(
         Limit on bisection steps (each one halves every interval).
     max_expand : int
         Limit on bracket-growing rounds.
+    name : str
+        The caller's name for ``target`` (e.g. ``"x"`` for an inverse h^{-1}(x)), used in the
+        error messages about it.
 
     Returns
     -------
@@ -108,7 +115,8 @@ def bisect_increasing(
         If some element cannot be bracketed (g is bounded below the target, or not finite
         on the bracket), or if ``max_iter`` steps leave an interval wider than ``tol``.
     ValueError
-        If ``target``, ``lo`` or ``hi`` are not finite floats, or ``lo >= hi``.
+        If ``target`` is not a finite float array, the bracket is not finite (the solution
+        lies outside the floating-point range; the message names ``name``), or ``lo > hi``.
 
     Notes
     -----
@@ -142,20 +150,26 @@ def bisect_increasing(
     if not isinstance(max_expand, int) or max_expand < 0:
         raise ValueError(f"max_expand: expected a non-negative int, got {max_expand!r}")
     t = getval(target)
-    _check_float("target", t)
+    _check_float(name, t)
     zero = np.zeros_like(t)
     lo, hi = _like(zero + getval(lo), t), _like(zero + getval(hi), t)
+    if not _all(np.isfinite(lo) & np.isfinite(hi)):
+        raise ValueError(f"{name}: the solution for some entries lies outside the "
+                         "floating-point range (their bracket is not finite)")
     _check_float("lo", lo)
     _check_float("hi", hi)
-    if not _all(lo < hi):
-        raise ValueError("lo, hi: expected lo < hi element-wise")
+    if not _all(lo <= hi):
+        raise ValueError("lo, hi: expected lo <= hi element-wise")
     if tol is not None and not _all(getval(tol) > 0):
         raise ValueError(f"tol: expected positive values, got {tol!r}")
 
     def gv(a: Array) -> Array:
         return getval(g(a))
 
-    step = hi - lo
+    # a bracket that rounding collapsed (lo == hi at 1e30) grows from a few units in the
+    # last place instead of from 0
+    ulps = 4 * _eps(t) * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+    step = np.maximum(hi - lo, ulps)
     for rounds in range(max_expand + 1):
         g_lo, g_hi = gv(lo), gv(hi)
         lo_ok, hi_ok = g_lo <= t, g_hi >= t
@@ -201,6 +215,7 @@ def invert_increasing(
     dh: Callable[[Array], Array] | None = None,
     tol: float | Array | None = None,
     max_iter: int = 200,
+    name: str = "x",
 ) -> Array:
     r"""Differentiable inverse z = h^{-1}(x) of a strictly increasing element-wise map h.
 
@@ -217,6 +232,8 @@ def invert_increasing(
         differentiates inside the caller's trace (nested); a closed form is cheaper.
     tol, max_iter
         Passed to :func:`bisect_increasing`.
+    name : str
+        The caller's name for ``x``, used in the error messages about it.
 
     Returns
     -------
@@ -255,7 +272,7 @@ def invert_increasing(
     >>> bool(np.allclose(dz_dx, 1 / (1 + 3 * 1.0 ** 2)))
     True
     """
-    z0 = bisect_increasing(h, x, lo, hi, tol=tol, max_iter=max_iter)
+    z0 = bisect_increasing(h, x, lo, hi, tol=tol, max_iter=max_iter, name=name)
     slope = getval(dh(z0) if dh is not None else elementwise_grad(h)(z0))
     if not _all(slope > 0):
         raise ConvergenceError("invert_increasing: h'(z) <= 0 at the solution; h must be "
