@@ -13,6 +13,7 @@ Usage::
 
     python -m benchmarks                       # full grid, writes benchmarks/RESULTS.md
     python -m benchmarks --quick               # a small grid, to check the harness
+    python -m benchmarks --fast 0              # the pure reference (refflow.fast off)
     python -m benchmarks --malloc both         # each glibc setting in a fresh process
     python -m benchmarks --backend cupy --batches 65536 --torch-device cuda   # on a GPU
 
@@ -126,6 +127,10 @@ def run_grid(args) -> dict:
     threads = args.threads or blas_threads()
     from refflow import backend as B
 
+    if args.fast is not None:
+        from refflow import fast
+
+        fast.set_enabled(bool(args.fast))
     # refflow's share of the second core: its batch split (evaluation and sampling)
     B.set_threads(threads)
     libs = available_libraries(args.libraries)
@@ -219,7 +224,21 @@ def _meta(threads: int, libs: list, args) -> dict:
         versions={n: _version(n) for n in
                   ("numpy", "autograd", "torch", "zuko", "nflows", "cupy-cuda12x", "cupy")},
         python=platform.python_version(),
+        fast=_fast_enabled(),
     )
+
+
+def _fast_text(flag) -> str:
+    return {True: "on", False: "off (the pure reference)"}.get(flag, "not recorded")
+
+
+def _fast_enabled():
+    """Whether refflow's fast layer is on (None for a refflow without one)."""
+    try:
+        from refflow import fast
+    except ImportError:
+        return None
+    return fast.is_enabled()
 
 
 def _threads_text(meta: dict) -> str:
@@ -244,7 +263,8 @@ def markdown(result: dict, title: str) -> str:
     out += [f"- date: {meta['date']}; load average at the end: {meta['load']}",
             f"- machine: {meta['machine']}",
             f"- backend: {meta['backend']}; torch device: {meta['torch_device']}; "
-            f"{_threads_text(meta)}; GLIBC_TUNABLES: {meta['glibc_tunables']}",
+            f"{_threads_text(meta)}; GLIBC_TUNABLES: {meta['glibc_tunables']}; "
+            f"refflow fast layer: {_fast_text(meta.get('fast'))}",
             "- versions: python " + meta["python"] + ", " + ", ".join(
                 f"{k} {v}" for k, v in meta["versions"].items() if v != "-"), ""]
     head = ["model", "D", "dtype", "batch", "operation", *[f"{lib} ms" for lib in libs],
@@ -296,6 +316,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="BLAS, torch and refflow batch-split threads "
                         "(0: torch and refflow as NumPy's BLAS)")
+    p.add_argument("--fast", type=int, choices=[0, 1], default=None,
+                   help="refflow's fast layer off (0: the pure reference) or on (1); "
+                        "default: REFFLOW_FAST, else on")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--torch-device", default="cpu", help="cpu or cuda")
     p.add_argument("--quick", action="store_true", help="D 2 and 16, batch 256, 3 rounds")

@@ -5,7 +5,12 @@ both ways; log_det against log|det| of the finite-difference Jacobian, per sampl
 directions; inverse log_det == -forward log_det; Compose(f, Inverse(f)) is the identity
 with log_det 0; autograd gradients of a scalar loss against finite differences; rows of a
 batch are independent; float32 keeps its dtype; and the same forward, inverse and gradient
-on the strict stand-in array type, compared with the NumPy run.
+on the strict stand-in array type, compared with the NumPy run (marked ``standin``: it runs in
+a pytest process of its own, ``pytest --standin``).
+
+Every property runs twice per bijection, with the fast layer on and off (ids ``-fast`` and
+``-reference``): the kernels of ``refflow.fast`` and the reference code they replace must
+both be bijections with these properties.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from hypothesis import strategies as st
 
 import refflow
 from refflow import backend as B
+from refflow import fast
 from refflow.core import Compose, Inverse
 from refflow.tree import map_arrays, partition
 from tests.registry import load_all
@@ -29,6 +35,7 @@ from tests.strict import StrictArray
 
 ENTRIES = load_all()
 NAMES = sorted(ENTRIES)
+MODES = ["fast", "reference"]
 
 draws = st.fixed_dictionaries(
     {"seed": st.integers(0, 2**31 - 1), "dim_u": st.floats(0, 1), "batch": st.integers(1, 4)}
@@ -79,9 +86,15 @@ def fd_logabsdet(f, z):
     return numpy.linalg.slogdet(numpy.stack(cols, axis=2))[1]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
 @given(draw=draws)
-def test_shapes_and_round_trips(name, draw):
+def test_shapes_and_round_trips(name, mode, draw):
+    with fast.enabled(mode == "fast"):
+        _shapes_and_round_trips(name, draw)
+
+
+def _shapes_and_round_trips(name, draw):
     case, z, event_shape = build(name, draw)
     f = case.bijection
     x, ld = f.forward(z)
@@ -97,9 +110,15 @@ def test_shapes_and_round_trips(name, draw):
     assert_close(ld_inv, -ld, case.atol, case.rtol, "inverse log_det == -forward log_det")
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
 @given(draw=draws)
-def test_log_det_matches_finite_differences(name, draw):
+def test_log_det_matches_finite_differences(name, mode, draw):
+    with fast.enabled(mode == "fast"):
+        _log_det_matches_finite_differences(name, draw)
+
+
+def _log_det_matches_finite_differences(name, draw):
     case, z, _ = build(name, draw)
     f = case.bijection
     x, ld = f.forward(z)
@@ -110,9 +129,15 @@ def test_log_det_matches_finite_differences(name, draw):
     assert_close(ld_inv, fd_inv, case.fd_atol, case.fd_atol, "inverse log_det vs FD")
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
 @given(draw=draws)
-def test_compose_with_inverse_is_identity(name, draw):
+def test_compose_with_inverse_is_identity(name, mode, draw):
+    with fast.enabled(mode == "fast"):
+        _compose_with_inverse_is_identity(name, draw)
+
+
+def _compose_with_inverse_is_identity(name, draw):
     case, z, _ = build(name, draw)
     identity = Compose(case.bijection, Inverse(case.bijection))
     out, ld = identity.forward(z)
@@ -120,9 +145,15 @@ def test_compose_with_inverse_is_identity(name, draw):
     assert_close(ld, numpy.zeros(numpy.shape(ld)), case.atol, 0, "log_det")
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
 @given(draw=draws)
-def test_rows_are_independent(name, draw):
+def test_rows_are_independent(name, mode, draw):
+    with fast.enabled(mode == "fast"):
+        _rows_are_independent(name, draw)
+
+
+def _rows_are_independent(name, draw):
     case, z, _ = build(name, dict(draw, batch=max(2, draw["batch"])))
     f = case.bijection
     x, ld = f.forward(z)
@@ -139,9 +170,15 @@ def _loss(f, z, weights):
     return anp.sum(x * weights) + anp.sum(ld) + 0.5 * anp.sum(zi * weights) + 0.25 * anp.sum(ld_inv)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
 @given(draw=draws)
-def test_gradients_match_finite_differences(name, draw):
+def test_gradients_match_finite_differences(name, mode, draw):
+    with fast.enabled(mode == "fast"):
+        _gradients_match_finite_differences(name, draw)
+
+
+def _gradients_match_finite_differences(name, draw):
     case, z, _ = build(name, draw)
     if not case.grad:
         return
@@ -173,9 +210,16 @@ def _to_strict(x):
     return StrictArray(host(x)) if B.is_array(x) else x
 
 
+@pytest.mark.standin
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
 @given(draw=draws)
-def test_strict_stand_in(name, draw):
+def test_strict_stand_in(name, mode, draw):
+    with fast.enabled(mode == "fast"):
+        _strict_stand_in(name, draw)
+
+
+def _strict_stand_in(name, draw):
     """Forward, inverse and a gradient on a CuPy-like array type give the NumPy numbers."""
     case, z, _ = build(name, draw)
     f = case.bijection
@@ -207,9 +251,15 @@ def _to_float32(x):
     return x.astype(numpy.float32) if B.is_array(x) and x.dtype == numpy.float64 else x
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", NAMES)
 @given(draw=draws)
-def test_float32_keeps_dtype(name, draw):
+def test_float32_keeps_dtype(name, mode, draw):
+    with fast.enabled(mode == "fast"):
+        _float32_keeps_dtype(name, draw)
+
+
+def _float32_keeps_dtype(name, draw):
     """A float32 flow on float32 data computes in float32 and round-trips to 1e-3."""
     case, z, _ = build(name, draw)
     f32 = map_arrays(_to_float32, case.bijection)

@@ -29,6 +29,14 @@ def _perturbation(rng, dim):
     return Case(bijection=Perturbation.init(rng, dim))
 
 
+@example("Perturbation[c=0]")
+def _perturbation_at_c_zero(rng, dim):
+    # the boundary of the parameterisation's range, c = 0 (h affine): artanh(0), |c| and
+    # the bound a > k |c| d must give finite values and gradients there
+    p = Perturbation.init(rng, dim)
+    return Case(bijection=Perturbation(p.a, p.b, B.xp().zeros_like(p.c), p.d, p.e))
+
+
 @example("Monotone")
 def _monotone(rng, dim):
     return Case(bijection=Monotone.init(rng, dim, hidden=4), atol=1e-8)

@@ -5,6 +5,8 @@ Conditioners use tanh so that the finite-difference Jacobians see no ReLU kinks.
 
 from __future__ import annotations
 
+import dataclasses
+
 from refflow.core import Compose, Inverse
 from refflow.glow import (
     ActNorm,
@@ -33,13 +35,20 @@ def _actnorm_vector(rng, dim):
 @example("Invertible1x1Conv")
 def _conv(rng, dim):
     shape = (3, 2, dim)
-    return Case(bijection=Invertible1x1Conv.init(rng, shape), event_shape=shape)
+    # not init's rotation: |det W| = 1 makes the log-det 0 whatever its H W factor, so a
+    # missing factor would pass; columns scaled by 1.2..1.8 give |det W| > 1
+    rotation = Invertible1x1Conv.init(rng, shape)
+    weight = rotation.weight * rng.uniform(1.2, 1.8, (dim,))
+    return Case(bijection=Invertible1x1Conv(weight, rotation.event_ndim), event_shape=shape)
 
 
 @example("LUInvertible1x1Conv")
 def _lu_conv(rng, dim):
     shape = (3, 2, dim)
-    return Case(bijection=LUInvertible1x1Conv.init(rng, shape), event_shape=shape)
+    # as above: scales 1.2..1.8 instead of a rotation's |u_ii| (product 1)
+    rotation = LUInvertible1x1Conv.init(rng, shape)
+    conv = dataclasses.replace(rotation, scale=rotation.scale * rng.uniform(1.2, 1.8, (dim,)))
+    return Case(bijection=conv, event_shape=shape)
 
 
 @example("Squeeze", max_dim=3)
