@@ -9,18 +9,18 @@ from __future__ import annotations
 import importlib
 
 from refflow import backend
-from refflow.backend import get_threads, set_backend, set_threads
+from refflow.backend import set_backend
 
 __version__ = "0.1.0"
 
 # Lecture order; each module's __all__ is re-exported here.
 _MODULES = (
-    "linalg", "jacobian", "tree", "distributions", "core", "affine", "elementwise",
+    "linalg", "jacobian", "tree", "parallel", "distributions", "core", "affine", "elementwise",
     "solvers", "nn", "coupling", "glow", "autoregressive", "residual", "train",
     "potentials", "datasets", "io", "testing",
 )
 
-__all__ = ["backend", "set_backend", "set_threads", "get_threads", "__version__"]
+__all__ = ["backend", "set_backend", "__version__"]
 for _name in _MODULES:
     try:
         _module = importlib.import_module(f"refflow.{_name}")

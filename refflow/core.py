@@ -33,8 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from refflow import backend
 from refflow.checks import check_array, check_int
+from refflow.parallel import rowwise
 
 __all__ = ["Bijection", "Compose", "Inverse", "Flow"]
 
@@ -150,6 +150,10 @@ class Flow:
         \log p_x(x) = \log p_z(f^{-1}(x)) + \log |\det J_{f^{-1}}(x)|,
         \qquad \log p_x(f(z)) = \log p_z(z) - \log |\det J_f(z)|.
 
+    The rows of a batch are independent, so ``log_prob`` and ``push_forward`` are marked
+    ``@rowwise``: a large batch is evaluated in row blocks, to bound memory, and over threads
+    when ``refflow.set_threads`` asks for it (``refflow.parallel``). The result is the same.
+
     Examples
     --------
     >>> import numpy
@@ -168,18 +172,10 @@ class Flow:
     def event_shape(self) -> tuple:
         return self.base.event_shape
 
+    @rowwise
     def log_prob(self, x):
-        """log p(x) for a batch x of shape (..., *event_shape).
-
-        A large NumPy batch is split over threads when ``backend.set_threads`` asks for it
-        (``backend.map_batch``); the result is the same.
-        """
+        """log p(x) = log p_z(f^{-1}(x)) + log|det J_{f^{-1}}(x)|; x: (..., *event_shape)."""
         check_array("x", x, min_ndim=len(self.event_shape), last=self.event_shape)
-        if len(x.shape) == len(self.event_shape):  # a single event: no batch axis to split
-            return self._log_prob(x)
-        return backend.map_batch(self._log_prob, x, params=self)
-
-    def _log_prob(self, x):
         z, log_det = self.bijection.inverse(x)
         return self.base.log_prob(z) + log_det
 
@@ -191,13 +187,11 @@ class Flow:
     def sample_and_log_prob(self, n: int, rng):
         """n samples and their log-densities in one pass (the reparameterisation trick)."""
         check_int("n", n)
-        # the noise is drawn here, in one piece, so that a split run uses the same draws
         z = self.base.sample(n, rng)
-        # sampling's sequential passes (MAF: one per coordinate) make many small NumPy calls,
-        # so a split pays from about twice log_prob's batch (docs/performance.md)
-        return backend.map_batch(self._push_forward, z, min_rows=2 * backend.SPLIT_MIN_ROWS,
-                                 params=self)
+        return self.push_forward(z)
 
-    def _push_forward(self, z):
+    @rowwise(sequential=True)
+    def push_forward(self, z):
+        """x = f(z) and log p(x) = log p_z(z) - log|det J_f(z)|; z: (..., *event_shape)."""
         x, log_det = self.bijection.forward(z)
         return x, self.base.log_prob(z) - log_det

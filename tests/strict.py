@@ -5,14 +5,17 @@ and ufuncs dispatch to it through ``__array_function__`` / ``__array_ufunc__``, 
 conversion (``numpy.asarray(x)``, ``float(x)`` on non-scalars) raises ``TypeError``, and a
 NumPy array mixed into an operation raises ``TypeError`` (NumPy *scalars* and Python numbers
 are accepted, as CuPy accepts them). It is a leak detector, not a CuPy emulator.
+
+Importing this module changes nothing: autograd learns ``StrictArray`` only when the stand-in
+suite runs (``python3 -m pytest --standin``, see ``tests/conftest.py``), which calls
+``refflow.autograd_ext.register_array_type(StrictArray)`` and so installs refflow's autograd
+extension for that process alone. Tests that use it carry ``@pytest.mark.standin``.
 """
 
 from __future__ import annotations
 
 import numpy
 from autograd.tracer import isbox
-
-from refflow import backend
 
 
 class StrictLeak(TypeError):
@@ -217,6 +220,3 @@ def strict(x):
     if isinstance(x, numpy.ndarray):
         return StrictArray(x)
     return x
-
-
-backend.register_array_type(StrictArray)

@@ -50,6 +50,7 @@ class _StrictRng:
         return lambda *args, **kwargs: strict(draw(*args, **kwargs))
 
 
+@pytest.mark.standin
 @pytest.mark.parametrize("name", TOY)
 def test_toy_runs_on_the_strict_stand_in(name):
     out = D.DATASETS[name](64, _StrictRng(7))
@@ -57,6 +58,7 @@ def test_toy_runs_on_the_strict_stand_in(name):
     numpy.testing.assert_array_equal(out.get(), host(D.DATASETS[name](64, B.rng(7))))
 
 
+@pytest.mark.standin
 def test_dequantize_runs_on_the_strict_stand_in():
     x = numpy.arange(17.0).reshape(1, 17)
     y = D.dequantize(strict(x), _StrictRng(0))
@@ -128,6 +130,7 @@ def test_checkerboard_log_prob_cells():
     numpy.testing.assert_array_equal(host(D.checkerboard_log_prob(samples)), -math.log(32))
 
 
+@pytest.mark.standin
 def test_log_probs_run_on_the_strict_stand_in():
     x = host(D.eight_gaussians(50, B.rng(0)))
     for log_prob in D.LOG_PROBS.values():
@@ -257,6 +260,7 @@ def test_logit_transform_round_trip_and_log_det(alpha):
     numpy.testing.assert_allclose(host(logdet), numpy.log(slope).sum(axis=(1, 2)), rtol=1e-7)
 
 
+@pytest.mark.standin
 def test_logit_transform_on_the_strict_stand_in():
     y = numpy.random.default_rng(1).uniform(0, 1, (4, 8, 8, 1))
     t, logdet = D.logit_transform(strict(y))

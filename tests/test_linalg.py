@@ -443,6 +443,7 @@ def test_float32_stays_float32():
     numpy.testing.assert_allclose(la.det(A), numpy.linalg.det(A.astype(float)), rtol=1e-5)
 
 
+@pytest.mark.standin
 @pytest.mark.skipif(backend.get_backend() != "numpy", reason="a CPU stand-in for CuPy")
 def test_strict_stand_in_array():
     """Everything runs on a device-like array that refuses conversion to NumPy."""

@@ -92,6 +92,7 @@ def test_gradient_matches_finite_differences(name):
     numpy.testing.assert_allclose(host(grad), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.standin
 @pytest.mark.parametrize("name", NAMES)
 def test_energy_and_gradient_on_the_strict_stand_in(name):
     U = P.POTENTIALS[name]
