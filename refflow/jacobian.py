@@ -40,7 +40,7 @@ def _flat(f: Callable, event_shape: tuple) -> Callable:
     def g(z_flat):
         z = np.reshape(z_flat, z_flat.shape[:1] + event_shape)
         out = f(z)
-        return np.reshape(out, out.shape[:1] + (-1,))
+        return np.reshape(out, out.shape[:1] + (math.prod(out.shape[1:]),))
 
     return g
 

@@ -23,7 +23,7 @@ from refflow.autoregressive import IAF, MADE, MAF, SlowMAF
 from refflow.core import Compose, Flow, Inverse
 from refflow.datasets import maf_toy
 from refflow.distributions import StandardNormal
-from refflow.elementwise import RationalQuadraticSpline
+from refflow.elementwise import RationalQuadraticSpline, ScalarAffine
 from refflow.jacobian import jacobian
 from refflow.train import fit, nll
 
@@ -303,3 +303,105 @@ def test_block_passes_equal_full_passes(transformer, order):
             block = autograd.grad(loss, argnum)(w0, v)
             full = autograd.grad(lambda w, x, cls=cls: loss(w, x, cls, True), argnum)(w0, v)
             numpy.testing.assert_allclose(block, full, atol=1e-11)
+
+
+# ------------------------------------------------------ the transformer protocol, one call
+
+
+class _Counted:
+    """ScalarAffine behind the transformer protocol (no class attribute P), counting calls."""
+
+    calls: dict = {}
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @classmethod
+    def num_params(cls) -> int:
+        return 2
+
+    @classmethod
+    def from_unconstrained(cls, theta):
+        return cls(ScalarAffine.from_unconstrained(theta))
+
+    def forward_elementwise(self, z):
+        self.calls["forward"] = self.calls.get("forward", 0) + 1
+        return self.inner.forward_elementwise(z)
+
+    def inverse_elementwise(self, x):
+        self.calls["inverse"] = self.calls.get("inverse", 0) + 1
+        return self.inner.inverse_elementwise(x)
+
+
+@pytest.mark.parametrize("cls", [MAF, IAF])
+def test_transformer_is_called_once_per_pass(cls):
+    """The one-pass direction calls the transformer once; the sequential one once per
+    coordinate (one MADE block each). Values against x = z a + b, a = exp(theta_0), written
+    out from the conditioner."""
+    rng = B.rng(21)
+    dim = 4
+    f = cls.init(rng, dim, hidden=(8,), transformer=_Counted, order="random")
+    v = rng.standard_normal((5, dim))
+    one_pass, sequential = (f.inverse, f.forward) if cls is MAF else (f.forward, f.inverse)
+    _Counted.calls = {}
+    u, log_det = one_pass(v)
+    assert _Counted.calls == {"inverse" if cls is MAF else "forward": 1}
+    _Counted.calls = {}
+    back, log_det_back = sequential(u)
+    assert _Counted.calls == {"forward" if cls is MAF else "inverse": dim}
+    theta = B.to_numpy(f.made(v))
+    vh = B.to_numpy(v)
+    if cls is MAF:  # u = z = (x - b) / a from theta(x)
+        expected, expected_ld = (vh - theta[..., 1]) * numpy.exp(-theta[..., 0]), \
+            -theta[..., 0].sum(-1)
+    else:  # u = x = z a + b from theta(z)
+        expected, expected_ld = vh * numpy.exp(theta[..., 0]) + theta[..., 1], \
+            theta[..., 0].sum(-1)
+    numpy.testing.assert_allclose(B.to_numpy(u), expected, atol=1e-13)
+    numpy.testing.assert_allclose(B.to_numpy(log_det), expected_ld, atol=1e-13)
+    numpy.testing.assert_allclose(B.to_numpy(back), vh, atol=1e-12)
+    numpy.testing.assert_allclose(B.to_numpy(log_det_back), -expected_ld, atol=1e-12)
+
+
+def test_slow_maf_calls_its_transformer_once_per_coordinate_and_once_for_density():
+    rng = B.rng(22)
+    slow = SlowMAF.init(rng, 3, hidden=(4,), transformer=_Counted)
+    _Counted.calls = {}
+    x, _ = slow.forward(rng.standard_normal((2, 3)))
+    assert _Counted.calls == {"forward": 3}
+    _Counted.calls = {}
+    slow.inverse(x)
+    assert _Counted.calls == {"inverse": 1}
+
+
+def test_the_number_of_parameters_comes_from_num_params_with_the_options():
+    """P = num_params(**options), for a class whose options include some that do not change P
+    (the spline's bound) and with no class attribute P at all."""
+    spline = MAF.init(B.rng(0), 3, hidden=(4,), transformer=RationalQuadraticSpline, bins=5,
+                      bound=2.0)
+    assert spline.made.outputs_per_dim == 3 * 5 - 1
+    assert not hasattr(_Counted, "P")
+    assert MAF.init(B.rng(0), 3, hidden=(4,), transformer=_Counted).made.outputs_per_dim == 2
+
+
+@pytest.mark.parametrize("cls", [MAF, IAF])
+def test_maf_fast_layer_equals_its_reference(cls):
+    """The affine transformer's kernel against the reference (fast layer off): values both
+    ways and the parameter gradient of a log-density."""
+    from refflow import fast
+    from refflow.tree import partition
+
+    rng = B.rng(23)
+    flow = Flow(StandardNormal(4), Compose(cls.init(rng, 4, hidden=(8,)), Reverse(),
+                                           cls.init(rng, 4, hidden=(8,), order="random")))
+    x = rng.standard_normal((6, 4))
+    leaves, rebuild = partition(flow)
+    results = {}
+    for flag in (True, False):
+        with fast.enabled(flag):
+            results[flag] = (flow.log_prob(x), flow.bijection.forward(x)[0],
+                             autograd.grad(lambda p: nll(rebuild(p), x))(leaves))
+    for a, b in zip(results[True][:2], results[False][:2]):
+        numpy.testing.assert_allclose(B.to_numpy(a), B.to_numpy(b), rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[True][2], results[False][2]):
+        numpy.testing.assert_allclose(B.to_numpy(a), B.to_numpy(b), rtol=1e-10, atol=1e-12)

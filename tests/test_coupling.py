@@ -4,6 +4,8 @@ a short RealNVP fit to two moons."""
 
 from __future__ import annotations
 
+import autograd
+import autograd.numpy
 import numpy
 import pytest
 import scipy.signal
@@ -191,3 +193,140 @@ def test_realnvp_fit_to_two_moons_lowers_the_nll():
     assert after < 1.75, after
     assert numpy.isfinite(history["loss"]).all()
     assert after < before - 0.7, (before, after)
+
+
+# ----------------------------------------------- one transformer call, reference and kernel
+
+
+class _Counted:
+    """ScalarAffine behind the transformer protocol, counting each method call."""
+
+    calls: dict = {}
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @classmethod
+    def num_params(cls) -> int:
+        return 2
+
+    @classmethod
+    def from_unconstrained(cls, theta):
+        cls.calls["from_unconstrained"] = cls.calls.get("from_unconstrained", 0) + 1
+        return cls(ScalarAffine.from_unconstrained(theta))
+
+    def forward_elementwise(self, z):
+        self.calls["forward_elementwise"] = self.calls.get("forward_elementwise", 0) + 1
+        return self.inner.forward_elementwise(z)
+
+    def inverse_elementwise(self, x):
+        self.calls["inverse_elementwise"] = self.calls.get("inverse_elementwise", 0) + 1
+        return self.inner.inverse_elementwise(x)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_coupling_evaluates_its_transformer_once_per_call(masked):
+    rng = B.rng(11)
+    dim = 5
+    split = alternating_mask(dim) if masked else 2
+    f = Coupling.init(rng, dim, _Counted, split=split, hidden=(8,))
+    z = rng.standard_normal((6, dim))
+    _Counted.calls = {}
+    x, log_det = f.forward(z)
+    assert _Counted.calls == {"from_unconstrained": 1, "forward_elementwise": 1}
+    _Counted.calls = {}
+    z_back, log_det_inv = f.inverse(x)
+    assert _Counted.calls == {"from_unconstrained": 1, "inverse_elementwise": 1}
+    # the values against x^A = z^A exp(theta_0) + theta_1 written out from the conditioner
+    zh = B.to_numpy(z)
+    keep = B.to_numpy(split) == 1 if masked else numpy.arange(dim) < split
+    z_b = zh * keep if masked else zh[:, :split]
+    theta = B.to_numpy(f.conditioner(B.asarray(z_b))).reshape(6, -1, 2)
+    z_a = zh if masked else zh[:, split:]
+    x_a = z_a * numpy.exp(theta[..., 0]) + theta[..., 1]
+    expected = numpy.where(keep, zh, x_a) if masked else numpy.concatenate([z_b, x_a], 1)
+    log_a = numpy.where(keep, 0.0, theta[..., 0]) if masked else theta[..., 0]
+    numpy.testing.assert_allclose(B.to_numpy(x), expected, atol=1e-13)
+    numpy.testing.assert_allclose(B.to_numpy(log_det), log_a.sum(-1), atol=1e-13)
+    numpy.testing.assert_allclose(B.to_numpy(z_back), zh, atol=1e-12)
+    numpy.testing.assert_allclose(B.to_numpy(log_det_inv), -log_a.sum(-1), atol=1e-13)
+
+
+@pytest.mark.parametrize("case", ["split", "mask", "image-split", "unbounded"])
+def test_affine_coupling_fast_layer_equals_its_reference(case):
+    """Values and parameter gradients with the fast layer on and off, against the lecture's
+    lines written out here (z^A exp(s) + t with s = 2 tanh(s_raw / 2))."""
+    from refflow import fast
+    from refflow.tree import partition
+
+    rng = B.rng(12)
+    shape = (2, 3, 4) if case == "image-split" else (6,)
+    split = alternating_mask(6, parity=1) if case == "mask" else 2
+    f = AffineCoupling.init(rng, shape if case == "image-split" else 6, split=split, hidden=(8,),
+                            scale_bound=None if case == "unbounded" else 2.0)
+    z = rng.standard_normal((5,) + shape)
+    leaves, rebuild = partition(f)
+
+    def loss(params):
+        x, log_det = rebuild(params).inverse(z)
+        return autograd.numpy.sum(x ** 2) + autograd.numpy.sum(log_det)
+
+    results = {}
+    for flag in (True, False):
+        with fast.enabled(flag):
+            results[flag] = (f.forward(z), f.inverse(z), autograd.grad(loss)(leaves))
+    for a, b in zip(results[True][:2], results[False][:2]):
+        for u, v in zip(a, b):
+            numpy.testing.assert_allclose(B.to_numpy(u), B.to_numpy(v), rtol=1e-12, atol=1e-12)
+    for g_fast, g_ref in zip(results[True][2], results[False][2]):
+        numpy.testing.assert_allclose(B.to_numpy(g_fast), B.to_numpy(g_ref), rtol=1e-10,
+                                      atol=1e-12)
+    # the forward pass written out
+    zh = B.to_numpy(z)
+    out = B.to_numpy(f.conditioner(B.asarray(zh * B.to_numpy(split) if case == "mask"
+                                               else zh[..., :2])))
+    k = out.shape[-1] // 2
+    s, t = out[..., :k], out[..., k:]
+    if case != "unbounded":
+        s = 2.0 * numpy.tanh(s / 2.0)
+    if case == "mask":
+        active = 1.0 - B.to_numpy(split)
+        s, t = s * active, t * active
+        x = zh * numpy.exp(s) + t
+    else:
+        x = numpy.concatenate([zh[..., :2], zh[..., 2:] * numpy.exp(s) + t], axis=-1)
+    log_det = s.reshape(5, -1).sum(-1)
+    numpy.testing.assert_allclose(B.to_numpy(results[True][0][0]), x, atol=1e-12)
+    numpy.testing.assert_allclose(B.to_numpy(results[True][0][1]), log_det, atol=1e-12)
+
+
+def test_coupling_kernel_keeps_no_state_between_calls():
+    """The bounded scale is an argument, not a memo: changing the conditioner's output in
+    place between the update and the log-det gives the log-det of the new output (the
+    former per-thread memo, keyed on the object, returned the old one)."""
+    from refflow.fast.coupling import affine_coupling, affine_coupling_log_det
+
+    rng = numpy.random.default_rng(13)
+    z, out = rng.standard_normal((4, 6)), rng.standard_normal((4, 8))
+    affine_coupling(z, out, 2, 2.0)
+    out[..., :4] += 1.0
+    numpy.testing.assert_allclose(affine_coupling_log_det(out, 2.0),
+                                  numpy.sum(2.0 * numpy.tanh(out[..., :4] / 2.0), axis=-1),
+                                  rtol=1e-14)
+
+
+@pytest.mark.parametrize("cls, masked", [(AffineCoupling, False), (AffineCoupling, True),
+                                         (AdditiveCoupling, False), (Coupling, False)])
+def test_a_wrong_dimension_is_a_value_error_naming_the_argument(cls, masked):
+    """Was a NumPy broadcast or reshape error: the conditioner reads z^B only, so a z with
+    extra or missing coordinates reached the update."""
+    rng = B.rng(14)
+    split = alternating_mask(4) if masked else None
+    extra = (ScalarAffine,) if cls is Coupling else ()
+    f = cls.init(rng, 4, *extra, split=split, hidden=(8,))
+    for bad in (3, 5, 7):
+        v = rng.standard_normal((2, bad))
+        with pytest.raises(ValueError, match="^z: expected"):
+            f.forward(v)
+        with pytest.raises(ValueError, match="^x: expected"):
+            f.inverse(v)

@@ -188,3 +188,27 @@ def test_bad_arguments_raise_value_errors():
         Squeeze().forward(B.zeros((1, 3, 4, 1)))
     with pytest.raises(ValueError, match="min_scale"):
         init_from_data(ActNorm.init(rng, 2), B.zeros((3, 2)), min_scale=0.0)
+
+
+# ------------------------------------------------------------------- wrong channel counts
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: GlowStep.init(rng, (4, 4, 2), hidden=4),
+    lambda rng: GlowStep.init(rng, (4, 4, 2), hidden=4, lu=False),
+    lambda rng: ActNorm.init(rng, (4, 4, 2)),
+    lambda rng: Invertible1x1Conv.init(rng, (4, 4, 2)),
+    lambda rng: LUInvertible1x1Conv.init(rng, (4, 4, 2)),
+])
+def test_a_wrong_channel_count_is_a_value_error_naming_the_argument(make):
+    """Was a NumPy broadcast error (the per-channel parameters met C = 3 channels)."""
+    f = make(B.rng(41))
+    for shape in ((2, 4, 4, 3), (2, 4, 4, 1)):
+        v = B.rng(42).standard_normal(shape)
+        with pytest.raises(ValueError, match="^z: expected"):
+            f.forward(v)
+        with pytest.raises(ValueError, match="^x: expected"):
+            f.inverse(v)
+    # the spatial size is free: a 1x1 convolution and a ConvNet take any H and W
+    x, log_det = f.forward(B.rng(43).standard_normal((2, 6, 2, 2)))
+    assert x.shape == (2, 6, 2, 2) and log_det.shape == (2,)

@@ -347,3 +347,46 @@ def test_low_rank_init_shift_is_an_exact_zero(dtype):
     shift = B.to_numpy(f.shift)
     assert shift.dtype == dtype and shift.shape == (8,)
     assert not numpy.any(numpy.signbit(shift)) and not numpy.any(shift)
+
+
+# ----------------------------------------------------------- nn's MLP, empty batches
+
+
+def test_contractive_residual_is_nn_mlp_with_normalised_weights():
+    """F is refflow.nn.MLP on the normalised weights: against the layers written out in
+    NumPy, for each Lipschitz activation (closed forms, not nn's table)."""
+    from refflow.nn import MLP
+
+    closed = {"tanh": numpy.tanh,
+              "elu": lambda a: numpy.where(a > 0, a, numpy.expm1(numpy.minimum(a, 0.0))),
+              "lipswish": lambda a: a / (1.0 + numpy.exp(-a)) / 1.1}
+    rng = B.rng(31)
+    z = rng.standard_normal((4, 3))
+    for name, act in closed.items():
+        f = ContractiveResidual.init(rng, 3, hidden=(5, 6), activation=name)
+        assert isinstance(f.network(), MLP)
+        h = B.to_numpy(z)
+        weights = [B.to_numpy(w) for w in f.effective_weights()]
+        for i, (w, b) in enumerate(zip(weights, f.biases)):
+            h = h @ w + B.to_numpy(b)
+            if i < len(weights) - 1:
+                h = act(h)
+        numpy.testing.assert_allclose(B.to_numpy(f.residual(z)), h, atol=1e-13)
+
+
+@pytest.mark.parametrize("make", [lambda rng: ContractiveResidual.init(rng, 3, hidden=(4,)),
+                                  lambda rng: LowRankResidual.init(rng, 3, rank=2)])
+def test_an_empty_batch_gives_empty_results(make):
+    """Was a reshape error (the per-row Jacobian reshaped (0, -1))."""
+    f = make(B.rng(32))
+    empty = numpy.zeros((0, 3))
+    for method in (f.forward, f.inverse):
+        out, log_det = method(empty)
+        assert out.shape == (0, 3) and log_det.shape == (0,)
+
+
+def test_residual_rejects_non_lipschitz_activations():
+    with pytest.raises(ValueError, match="activation"):
+        ContractiveResidual.init(B.rng(33), 3, activation="relu6")
+    with pytest.raises(ValueError, match="activation"):
+        LowRankResidual.init(B.rng(33), 3, activation="sigmoid")
