@@ -287,3 +287,42 @@ def test_solvers_run_on_the_strict_device_stand_in():
     x, _ = fixed_point(lambda x: 0.5 * x + 1.0, StrictArray(numpy.zeros((2, 3))), lipschitz=0.5)
     assert isinstance(x, StrictArray) and numpy.allclose(x.get(), 2.0)
 
+
+
+# ------------------------------------------------------- brackets collapsed by rounding
+
+
+def test_bisection_accepts_a_bracket_that_rounding_collapsed():
+    """lo == hi is a valid start (at 1e30 the +-1 margins of a bracket vanish): it grows from
+    a few ulps. Against the closed-form root of a + a^3 = t."""
+    root = numpy.array([1e30, -3e12, 2.0])
+    target = root + root ** 3
+    a = bisect_increasing(lambda a: a + a ** 3, target, root, root)
+    numpy.testing.assert_allclose(a, root, rtol=1e-15)
+    a = bisect_increasing(lambda a: a + a ** 3, target, root * 1.5, root * 1.5)
+    numpy.testing.assert_allclose(a, root, rtol=1e-14)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        bisect_increasing(lambda a: a, target, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("value", [1e30, -1e30, 1e200, -1e300])
+@pytest.mark.parametrize("family", ["Perturbation", "Monotone"])
+def test_elementwise_maps_invert_their_own_output_far_out(family, value):
+    """Was ``lo, hi: expected lo < hi`` (the class's bracket collapsed to one number)."""
+    from refflow import backend as B
+    from refflow import elementwise
+
+    f = getattr(elementwise, family).init(B.rng(5), 3)
+    z = numpy.array([[value, value / 7.0, -value]])
+    x, log_det = f.forward(z)
+    assert numpy.isfinite(B.to_numpy(x)).all()
+    z_back, log_det_inv = f.inverse(x)
+    numpy.testing.assert_allclose(B.to_numpy(z_back), z, rtol=1e-14)
+    numpy.testing.assert_allclose(B.to_numpy(log_det_inv), -B.to_numpy(log_det), rtol=1e-12)
+
+
+def test_an_inverse_beyond_the_float_range_names_the_argument():
+    """h(z) = z / 4 has its inverse of 1e308 at 4e308 = inf: a ValueError about x."""
+    x = numpy.array([1.0, 1e308])
+    with pytest.raises(ValueError, match="^x: the solution"):
+        invert_increasing(lambda z: z / 4, x, 4 * x - 1.0, 4 * x + 1.0)
