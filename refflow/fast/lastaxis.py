@@ -1,12 +1,11 @@
 r"""Primitives over a short last axis (a spline's K bins), for the kernels of the fast layer.
 
-NumPy reduces a short last axis with a slow per-row loop (K = 8, float32, 131072 rows: its
-sum, cumsum and max each take 10-20 times longer than the forms here), so sums and
-cumulative sums become matrix products with a ones vector or an upper-triangular ones
-matrix, and a maximum K - 1 element-wise maxima. A gather of one entry per row
-(``take_bin``) has a one-hot product as its VJP instead of autograd's scatter
-(``np.add.at``). Each is checked against the NumPy reduction it replaces
-(``tests/test_fast.py``).
+NumPy reduces a short last axis with a per-row loop, slow for short rows (timings in
+docs/performance.md), so sums and cumulative sums become matrix products with a ones
+vector or an upper-triangular ones matrix, and a maximum K - 1 element-wise maxima. A
+gather of one entry per row (``take_bin``) has a one-hot product as its VJP instead of
+autograd's scatter (``np.add.at``). Each is checked against the NumPy reduction it
+replaces (``tests/test_fast.py``).
 
 Notes
 -----

@@ -64,7 +64,7 @@ FUSED_ACTIVATIONS = tuple(_ACT)
 
 
 def _linear(x, w, b):
-    # BLAS is ~10x slower than a broadcast product when the inner dimension is 1
+    # BLAS is much slower than a broadcast product when the inner dimension is 1
     a = x * w[0] if w.shape[0] == 1 else x @ w
     # the product is a fresh array (the primitive sees raw arrays): the bias goes in place
     # unless it would enlarge it
