@@ -152,6 +152,11 @@ class _CouplingParts:
 
     def _parts(self, z, name: str = "z"):
         """(z^B, z^A): with a mask, z^B is b * z and z^A is all of z (only 1 - b is kept)."""
+        z_b = self._conditioning(z, name)
+        return z_b, (z if self._masked() else z[..., self.split :])  # (..., C - d)
+
+    def _conditioning(self, z, name: str = "z"):
+        """z^B, the conditioner's input (b * z for a mask), after checking z's shape."""
         check_array(name, z, min_ndim=self.event_ndim, finite=False)
         if self._masked():
             # shapes only, so traced values are checked too: a wrong event shape would
@@ -160,11 +165,11 @@ class _CouplingParts:
             if tuple(np.shape(z)[-self.event_ndim:]) != event:
                 raise ValueError(f"{name}: expected the event shape {event} of the mask, got "
                                  f"shape {tuple(np.shape(z))}")
-            return self.split * z, z
+            return self.split * z
         if np.shape(z)[-1] <= self.split:
             raise ValueError(f"{name}: expected more than split = {self.split} coordinates on "
                              f"the last axis, got shape {tuple(np.shape(z))}")
-        return z[..., : self.split], z[..., self.split :]  # (..., d), (..., C - d)
+        return z[..., : self.split]  # (..., d)
 
     def _check_output(self, name: str, z, out, per_coordinate: int) -> None:
         """The conditioner's output must hold ``per_coordinate`` numbers per coordinate of z^A:
@@ -449,8 +454,7 @@ class AffineCoupling(_CouplingParts):
         return cls(net, split, len(event_shape), scale_bound)
 
     def _couple(self, name: str, v, inverse: bool):
-        v_b, _ = self._parts(v, name)
-        out = self.conditioner(v_b)
+        out = self.conditioner(self._conditioning(v, name))
         self._check_output(name, v, out, 2)
         out = self._active(out, halves=2)  # (..., 2 |A|): (s, t)
         # a mask zeroes s and t on z^B, where z exp(0) + 0 = z copies z^B: with the mask
