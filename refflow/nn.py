@@ -74,10 +74,11 @@ def _elu(x):
 
 
 def lipswish(x):
-    r"""LipSwish x sigmoid(x) / 1.1: increasing, slope <= 1 (a 1-Lipschitz activation).
+    r"""LipSwish x sigmoid(x) / 1.1: |slope| <= 1 (a 1-Lipschitz activation).
 
     The largest slope of x sigmoid(x) is 1.0998 (at x ~ 2.4), so dividing by 1.1 bounds it
-    by 1 (Chen et al., Residual Flows, NeurIPS 2019).
+    by 1 (Chen et al., Residual Flows, NeurIPS 2019). Not monotone: it decreases below
+    x ~ -1.28, with slope > -0.1 there.
 
     >>> float(lipswish(0.0)), round(float(lipswish(10.0)), 4)
     (0.0, 9.0905)
@@ -148,7 +149,6 @@ def dense(x, w, b, activation: str = "identity"):
     Notes
     -----
     Lecture: "Coupling flows" (the conditioner Theta, an MLP). ``MLP`` is a loop of these.
-    The fast layer replaces it (``refflow.fast.nn``) by one node with a hand-written VJP.
     Cost O(N D_in D_out).
     """
     return ACTIVATIONS[activation](x @ w + b)
