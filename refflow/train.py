@@ -51,8 +51,8 @@ from autograd import value_and_grad
 from autograd.differential_operators import grad_and_aux
 
 from refflow import backend as B
-from refflow.checks import check_array, check_int
-from refflow.tree import partition
+from refflow.checks import check_array, check_int, check_real
+from refflow.tree import partition, ravel_leaves
 
 __all__ = ["Adam", "fit", "fit_vi", "elbo", "nll", "learning_rate"]
 
@@ -283,7 +283,10 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     params, rebuild = partition(flow)
     opt = Adam(lr=lr)
     state = opt.init(params)
-    loss_and_grad = value_and_grad(lambda p, xb: nll(rebuild(p), xb))
+    # one flat vector is differentiated: autograd builds the vector space of one array, where
+    # a list costs it the space of the whole list once per leaf
+    _, unravel = ravel_leaves(params)
+    loss_and_grad = value_and_grad(lambda v, xb: nll(rebuild(unravel(v)), xb))
     batches = _batches(train, min(batch_size, train.shape[0]), rng)
     history: dict[str, Any] = {"loss": [], "step": [], "val_nll": [], "lr": [],
                                "best_step": None, "best_val_nll": None, "stopped_early": False}
@@ -294,7 +297,8 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     try:
         for step in range(1, steps + 1):
             rate = learning_rate(schedule, lr, step - 1, steps)
-            loss, grads = loss_and_grad(params, next(batches))
+            loss, grad_vector = loss_and_grad(ravel_leaves(params)[0], next(batches))
+            grads = unravel(grad_vector)
             params, state = opt.step(params, _clip(grads, clip_norm), state, lr=rate)
             pending.append(loss)
             if bar is not None:
@@ -333,8 +337,8 @@ def _check_target(flow, log_target, rng):
     if not hasattr(flow, "sample_and_log_prob"):
         raise ValueError(f"flow: expected a refflow.Flow, got {type(flow).__name__}")
     z, _ = flow.sample_and_log_prob(2, rng)
-    out = log_target(z)
-    if tuple(getattr(out, "shape", ())) != (2,):
+    out = check_real("log_target", log_target(z))
+    if tuple(out.shape) != (2,):
         raise ValueError(
             f"log_target: expected one log-density per sample, shape (n,), got shape "
             f"{getattr(out, 'shape', None)} for n = 2"
@@ -410,8 +414,10 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
     opt = Adam(lr=lr)
     state = opt.init(params)
 
-    def loss(p, beta):
-        z, log_q = rebuild(p).sample_and_log_prob(batch_size, rng)
+    _, unravel = ravel_leaves(params)  # one flat vector is differentiated, as in fit
+
+    def loss(v, beta):
+        z, log_q = rebuild(unravel(v)).sample_and_log_prob(batch_size, rng)
         log_p = log_target(z)
         # aux: the plain ELBO estimate, whatever the annealing weight
         return (np.sum(log_q - beta * log_p) / batch_size,
@@ -425,7 +431,8 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
         for step in range(1, steps + 1):
             rate = learning_rate(schedule, lr, step - 1, steps)
             beta = min(1.0, 0.01 + step / anneal_steps) if anneal_steps else 1.0
-            grads, value = grad_fn(params, beta)
+            grad_vector, value = grad_fn(ravel_leaves(params)[0], beta)
+            grads = unravel(grad_vector)
             params, state = opt.step(params, _clip(grads, clip_norm), state, lr=rate)
             pending.append(value)
             if bar is not None:
