@@ -198,8 +198,9 @@ def test_realnvp_fit_to_two_moons_lowers_the_nll():
 # ----------------------------------------------- one transformer call, reference and kernel
 
 
-class _Counted:
-    """ScalarAffine behind the transformer protocol, counting each method call."""
+class CountedAffine:
+    """ScalarAffine behind the transformer protocol (no class attribute P), counting each
+    method call in ``calls`` (shared with tests/test_autoregressive.py)."""
 
     calls: dict = {}
 
@@ -229,14 +230,14 @@ def test_coupling_evaluates_its_transformer_once_per_call(masked):
     rng = B.rng(11)
     dim = 5
     split = alternating_mask(dim) if masked else 2
-    f = Coupling.init(rng, dim, _Counted, split=split, hidden=(8,))
+    f = Coupling.init(rng, dim, CountedAffine, split=split, hidden=(8,))
     z = rng.standard_normal((6, dim))
-    _Counted.calls = {}
+    CountedAffine.calls = {}
     x, log_det = f.forward(z)
-    assert _Counted.calls == {"from_unconstrained": 1, "forward_elementwise": 1}
-    _Counted.calls = {}
+    assert CountedAffine.calls == {"from_unconstrained": 1, "forward_elementwise": 1}
+    CountedAffine.calls = {}
     z_back, log_det_inv = f.inverse(x)
-    assert _Counted.calls == {"from_unconstrained": 1, "inverse_elementwise": 1}
+    assert CountedAffine.calls == {"from_unconstrained": 1, "inverse_elementwise": 1}
     # the values against x^A = z^A exp(theta_0) + theta_1 written out from the conditioner
     zh = B.to_numpy(z)
     keep = B.to_numpy(split) == 1 if masked else numpy.arange(dim) < split
