@@ -397,3 +397,16 @@ def test_load_forged_descriptions_with_recomputed_digest(tmp_path_factory, pick,
     node[path[-1]] = value
     members["__refflow__"] = numpy.frombuffer(json.dumps(header).encode(), dtype=numpy.uint8)
     _expect_value_error_or_model(tmp, _repack(members, recompute_digest=True))
+
+
+def test_a_torch_tensor_is_named_in_the_error():
+    torch = pytest.importorskip("torch", reason="torch comes with the interop extra")
+    flow = _gauss()
+    tensor = torch.ones((3, 2), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^x: expected a NumPy or backend array, got "
+                                         r"torch\.Tensor"):
+        flow.log_prob(tensor)
+    with pytest.raises(ValueError, match=r"^z: .*torch\.Tensor"):
+        flow.bijection.forward(tensor)
+    with pytest.raises(ValueError, match=r"^data: .*torch\.Tensor"):
+        fit(flow, tensor, steps=1, rng=B.rng(0))
