@@ -228,7 +228,7 @@ def test_save_onto_a_folder_name(tmp_path):
         save(str(folder), _diag_flow([1.0]))
 
 
-# ---------------------------------------------------------------- load refuses what save never writes
+# ------------------------------------------------ load refuses what save never writes
 
 
 def _header(members):
