@@ -11,8 +11,13 @@ code needs a gradient that stock autograd gets wrong, it calls one of these inst
 - ``maximum(x, y)`` and ``minimum(x, y)``: autograd weights the gradient by a float64 ratio
   (ties split half and half), so a float32 model gets float64 gradients. Here the weight has
   the dtype of the result.
+- ``take(x, index)``, ``x[index]`` for a basic index (integers, slices, ``...``, ``None``):
+  autograd's VJP of indexing scatters with ``numpy.add.at``, which is right for any index but
+  about ten times slower than an in-place add for a slice (90 us against 7 us for 4096
+  numbers). A basic index selects every element at most once, so here the gradient is added
+  in place into zeros.
 
-All three work on any array type NumPy dispatches to (CuPy, the strict stand-in of the tests):
+All four work on any array type NumPy dispatches to (CuPy, the strict stand-in of the tests):
 the VJPs create their arrays with ``zeros_like`` and arithmetic only.
 
 Notes
@@ -35,10 +40,10 @@ from __future__ import annotations
 from typing import Any
 
 import autograd.numpy as np
-from autograd.extend import defvjp, primitive
+from autograd.extend import SparseObject, defvjp, primitive, vspace
 from autograd.numpy.numpy_vjps import unbroadcast_f
 
-__all__ = ["where", "maximum", "minimum"]
+__all__ = ["where", "maximum", "minimum", "take"]
 
 
 @primitive
@@ -79,3 +84,32 @@ for _extremum in (maximum, minimum):
         lambda ans, x, y: unbroadcast_f(x, lambda g: g * _tie_weight(x, ans, y)),
         lambda ans, x, y: unbroadcast_f(y, lambda g: g * _tie_weight(y, ans, x)),
     )
+
+
+def _check_basic(index: Any) -> None:
+    parts = index if isinstance(index, tuple) else (index,)
+    for part in parts:
+        if not (part is None or part is Ellipsis or isinstance(part, (int, slice))):
+            raise ValueError(f"index: expected integers, slices, ... or None, got {part!r}")
+
+
+@primitive
+def take(x: Any, index: Any) -> Any:
+    """``x[index]`` for a basic index; its gradient is added in place, not by ``add.at``."""
+    _check_basic(index)
+    return x[index]
+
+
+@primitive
+def _untake(g: Any, index: Any, space: Any) -> Any:
+    # the gradient of take: g placed at index in zeros of x's space; autograd sums several
+    # of them into one zeros array by calling mut_add in turn
+    def mut_add(total):
+        total[index] = total[index] + g
+        return total
+
+    return SparseObject(space, mut_add)
+
+
+defvjp(take, lambda ans, x, index: lambda g: _untake(g, index, vspace(x)))
+defvjp(_untake, lambda ans, g, index, space: lambda h: take(h, index))

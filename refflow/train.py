@@ -213,6 +213,18 @@ def _batches(data, batch_size: int, rng):
             yield shuffled[start:start + batch_size]
 
 
+def _flat_parameters(flow: Any) -> tuple[list, Callable[[list], Any]]:
+    """``partition(flow)`` with its leaves in one vector: ``([v], rebuild)``.
+
+    Training differentiates one array: autograd builds its vector space once, where a list
+    of n leaves costs it the space of the whole list once per leaf (n^2 work), and Adam
+    updates one array instead of n.
+    """
+    leaves, rebuild_leaves = partition(flow)
+    vector, unravel = ravel_leaves(leaves)
+    return [vector], lambda params: rebuild_leaves(unravel(params[0]))
+
+
 def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: float = 1e-3,
         rng: Any = None, *, validation: float | Any = None, patience: int | None = None,
         eval_every: int = 50, schedule: str | Callable[[int], float] = "constant",
@@ -280,13 +292,10 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
         raise ValueError("data: expected at least one sample")
     train, held_out = _split(data, validation, rng)
 
-    params, rebuild = partition(flow)
+    params, rebuild = _flat_parameters(flow)
     opt = Adam(lr=lr)
     state = opt.init(params)
-    # one flat vector is differentiated: autograd builds the vector space of one array, where
-    # a list costs it the space of the whole list once per leaf
-    _, unravel = ravel_leaves(params)
-    loss_and_grad = value_and_grad(lambda v, xb: nll(rebuild(unravel(v)), xb))
+    loss_and_grad = value_and_grad(lambda p, xb: nll(rebuild(p), xb))
     batches = _batches(train, min(batch_size, train.shape[0]), rng)
     history: dict[str, Any] = {"loss": [], "step": [], "val_nll": [], "lr": [],
                                "best_step": None, "best_val_nll": None, "stopped_early": False}
@@ -297,8 +306,7 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     try:
         for step in range(1, steps + 1):
             rate = learning_rate(schedule, lr, step - 1, steps)
-            loss, grad_vector = loss_and_grad(ravel_leaves(params)[0], next(batches))
-            grads = unravel(grad_vector)
+            loss, grads = loss_and_grad(params, next(batches))
             params, state = opt.step(params, _clip(grads, clip_norm), state, lr=rate)
             pending.append(loss)
             if bar is not None:
@@ -410,14 +418,12 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
     check_int("anneal_steps", anneal_steps, minimum=0)
     _check_target(flow, log_target, rng)
 
-    params, rebuild = partition(flow)
+    params, rebuild = _flat_parameters(flow)
     opt = Adam(lr=lr)
     state = opt.init(params)
 
-    _, unravel = ravel_leaves(params)  # one flat vector is differentiated, as in fit
-
-    def loss(v, beta):
-        z, log_q = rebuild(unravel(v)).sample_and_log_prob(batch_size, rng)
+    def loss(p, beta):
+        z, log_q = rebuild(p).sample_and_log_prob(batch_size, rng)
         log_p = log_target(z)
         # aux: the plain ELBO estimate, whatever the annealing weight
         return (np.sum(log_q - beta * log_p) / batch_size,
@@ -431,8 +437,7 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
         for step in range(1, steps + 1):
             rate = learning_rate(schedule, lr, step - 1, steps)
             beta = min(1.0, 0.01 + step / anneal_steps) if anneal_steps else 1.0
-            grad_vector, value = grad_fn(ravel_leaves(params)[0], beta)
-            grads = unravel(grad_vector)
+            grads, value = grad_fn(params, beta)
             params, state = opt.step(params, _clip(grads, clip_norm), state, lr=rate)
             pending.append(value)
             if bar is not None:
