@@ -190,4 +190,14 @@ def nflows_impl(model: str, dim: int, dtype: str, device: str = "cpu", seed: int
     return _torch_impl("nflows", flow, flow.log_prob, flow.sample, dtype, device)
 
 
-BUILDERS = {"refflow": refflow_impl, "zuko": zuko_impl, "nflows": nflows_impl}
+def flowjax_impl(model: str, dim: int, dtype: str, device: str = "cpu", seed: int = 0) -> Impl:
+    """flowjax (JAX, jit-compiled): see ``benchmarks/flowjax_models.py``."""
+    from benchmarks.flowjax_models import flowjax_impl as build
+
+    return build(model, dim, dtype, device=device, seed=seed)
+
+
+BUILDERS = {"refflow": refflow_impl, "zuko": zuko_impl, "nflows": nflows_impl,
+            "flowjax": flowjax_impl}
+#: the libraries that run on torch (the others: refflow on NumPy/CuPy, flowjax on JAX)
+TORCH_LIBRARIES = ("zuko", "nflows")

@@ -1,4 +1,4 @@
-r"""refflow against zuko and nflows, in the same process and the same run.
+r"""refflow against zuko, nflows and flowjax, in the same process and the same run.
 
 For every model of ``benchmarks/models.py`` (MAF, RealNVP, a rational-quadratic spline
 flow), D in {2, 16, 64}, batch 256 and 8192, float32 and float64, it times ``log_prob``,
@@ -17,8 +17,11 @@ Usage::
     python -m benchmarks --malloc both         # each glibc setting in a fresh process
     python -m benchmarks --backend cupy --batches 65536 --torch-device cuda   # on a GPU
 
-Peers missing: ``pip install 'refflow[bench]'`` or ``pip install torch zuko nflows``
-(the CPU wheel of torch is enough). Not part of the unit tests. Timings on a shared machine
+Peers missing: ``pip install 'refflow[bench]'`` (torch, zuko, nflows, jax, flowjax; the
+CPU wheels are enough). flowjax runs ``jax.jit``-compiled functions; the first call of each
+(its compilation) is the warm-up call, excluded from the timings and reported apart. XLA's
+thread pool is held to ``--threads`` through ``XLA_FLAGS``, set before jax is imported.
+Not part of the unit tests. Timings on a shared machine
 are noisy (docs/performance.md): compare ratios from one run, not times across runs.
 """
 
@@ -37,7 +40,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks.models import BUILDERS, MODELS
+from benchmarks.models import BUILDERS, MODELS, TORCH_LIBRARIES
 
 OPS = ("log_prob", "grad", "sample")
 OP_NAMES = {"log_prob": "log_prob", "grad": "log_prob + grad", "sample": "sample"}
@@ -74,7 +77,7 @@ def available_libraries(requested: list[str]) -> list[str]:
             continue
         try:
             __import__(lib)
-            __import__("torch")
+            __import__("torch" if lib in TORCH_LIBRARIES else "jax")
         except ImportError:
             print(f"{lib}: not installed; {PEER_HELP}", file=sys.stderr)
             continue
@@ -125,6 +128,11 @@ def run_grid(args) -> dict:
     if args.threads:
         _limit_blas(args.threads)
     threads = args.threads or blas_threads()
+    if "flowjax" in args.libraries and "XLA_FLAGS" not in os.environ:
+        # read by XLA when jax is first imported, which available_libraries does
+        from benchmarks.flowjax_models import xla_flags
+
+        os.environ["XLA_FLAGS"] = xla_flags(threads)
     from refflow import backend as B
 
     if args.fast is not None:
@@ -134,20 +142,22 @@ def run_grid(args) -> dict:
     # refflow's share of the second core: its batch split (evaluation and sampling)
     B.set_threads(threads)
     libs = available_libraries(args.libraries)
-    if len(libs) > 1:
+    if any(lib in TORCH_LIBRARIES for lib in libs):
         import torch
 
         torch.set_num_threads(threads)
     if args.backend == "cupy":
         B.set_backend("cupy")
     print(_threads_text(dict(threads=threads, refflow_threads=B.get_threads())), flush=True)
-    rows = []
+    rows, compile_rows = [], []
     host = numpy.random.default_rng(0)
     for model in args.models:
         for dim in args.dims:
             for dtype in args.dtypes:
                 impls = {lib: _build(lib, model, dim, dtype, args) for lib in libs}
                 counts = {lib: impl.n_params for lib, impl in impls.items()}
+                compiled = {lib: impl.compile_seconds for lib, impl in impls.items()
+                            if hasattr(impl, "compile_seconds")}
                 smallest = {}  # op -> (batch, slowest library's seconds)
                 for batch in sorted(args.batches):
                     # data from a standard normal: inside every flow's domain
@@ -166,11 +176,14 @@ def run_grid(args) -> dict:
                         smallest.setdefault(op, (batch, max(row["seconds"].values())))
                         rows.append(row)
                         print(_row_text(rows[-1]), flush=True)
-    return dict(meta=_meta(threads, libs, args), rows=rows)
+                for lib, seconds in compiled.items():
+                    compile_rows.append(dict(library=lib, model=model, dim=dim, dtype=dtype,
+                                             seconds=dict(seconds)))
+    return dict(meta=_meta(threads, libs, args), rows=rows, compile=compile_rows)
 
 
 def _build(lib: str, model: str, dim: int, dtype: str, args):
-    if lib == "refflow":
+    if lib in ("refflow", "flowjax"):
         return BUILDERS[lib](model, dim, dtype)
     return BUILDERS[lib](model, dim, dtype, device=args.torch_device)
 
@@ -178,6 +191,10 @@ def _build(lib: str, model: str, dim: int, dtype: str, args):
 def ratio(row: dict) -> float:
     peers = [t for lib, t in row["seconds"].items() if lib != "refflow"]
     return row["seconds"]["refflow"] / min(peers) if peers else float("nan")
+
+
+def _vs(row: dict, peer: str) -> float:
+    return row["seconds"]["refflow"] / row["seconds"][peer]
 
 
 def goal(row: dict) -> float:
@@ -222,7 +239,8 @@ def _meta(threads: int, libs: list, args) -> dict:
         torch_device=args.torch_device,
         glibc_tunables=os.environ.get("GLIBC_TUNABLES", "(unset)"),
         versions={n: _version(n) for n in
-                  ("numpy", "autograd", "torch", "zuko", "nflows", "cupy-cuda12x", "cupy")},
+                  ("numpy", "autograd", "torch", "zuko", "nflows", "jax", "flowjax",
+                   "cupy-cuda12x", "cupy-cuda13x", "cupy")},
         python=platform.python_version(),
         fast=_fast_enabled(),
     )
@@ -291,6 +309,32 @@ def markdown(result: dict, title: str) -> str:
             cells = [_geomean([ratio(r) for r in sel if r["batch"] == b]) for b in _batches(rows)]
             cells.append(_geomean([ratio(r) for r in sel]))
             out.append(f"| {OP_NAMES[op]} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    peers = [lib for lib in libs if lib != "refflow"]
+    if len(peers) > 1:
+        out += ["", "Geometric mean of refflow / each peer (per operation; batches as above):", "",
+                "| operation | peer | " + " | ".join(f"batch {b}" for b in _batches(rows))
+                + " | all | worst cell |", "|---|---|" + "---|" * (len(_batches(rows)) + 2)]
+        for op in OPS:
+            for peer in peers:
+                sel = [r for r in rows if r["op"] == op and peer in r["seconds"]]
+                if not sel:
+                    continue
+                cells = [_geomean([_vs(r, peer) for r in sel if r["batch"] == b])
+                         for b in _batches(rows)]
+                cells += [_geomean([_vs(r, peer) for r in sel]), max(_vs(r, peer) for r in sel)]
+                out.append(f"| {OP_NAMES[op]} | {peer} | "
+                           + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    uneven = sorted({(r["model"], r["dim"], lib, n) for r in rows
+                     for lib, n in r["params"].items() if n != r["params"]["refflow"]})
+    if uneven:
+        out += ["", "Parameter counts that differ from refflow's (construction differences "
+                "are described in benchmarks/models.py and flowjax_models.py): "
+                + "; ".join(f"{m} D {d}: {lib} {n}" for m, d, lib, n in uneven) + "."]
+    if result.get("compile"):
+        total = [s for c in result["compile"] for s in c["seconds"].values()]
+        out += ["", f"jax.jit compile times (first call per shape, excluded from the timings): "
+                f"{len(total)} compilations, median {statistics.median(total):.2f} s, "
+                f"max {max(total):.2f} s, total {sum(total):.1f} s."]
     met = sum(ratio(r) <= goal(r) for r in rows)
     out += ["", f"Goals met in {met} of {len(rows)} measured configurations "
             f"({len(skipped)} skipped for time).", ""]
@@ -364,9 +408,10 @@ def main(argv: list | None = None) -> None:
 
 
 def _write(path: str, sections: list) -> None:
-    intro = ("# refflow vs zuko and nflows\n\nWritten by `python -m benchmarks` "
+    intro = ("# refflow vs zuko, nflows and flowjax\n\nWritten by `python -m benchmarks` "
              "(benchmarks/run.py); medians of interleaved calls, ratio > 1 = refflow slower. "
-             "Architectures and parameter counts are identical (benchmarks/models.py).\n\n")
+             "Architectures are the same (benchmarks/models.py); parameter counts are identical "
+             "unless a line under a table says otherwise.\n\n")
     Path(path).write_text(intro + "\n".join(sections))
     print(f"wrote {path}")
 
