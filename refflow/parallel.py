@@ -19,10 +19,11 @@ methods with ``@rowwise``.
 BLAS is held to one thread while any split runs (OpenBLAS serialises calls made from several
 threads at once and its idle threads spin, so a split with a multi-threaded BLAS is as slow
 as no split). The limit has one owner, ``_Splitter``: the first running split sets it, the
-last one to finish restores the value found before the first, whatever the interleaving, and
-one dedicated thread makes both calls (threadpoolctl ignores a limit set on OpenBLAS by a
-thread other than the one that controls it). A limit that another thread of the program
-changes while a split runs is overwritten when the split ends.
+last one to finish restores the value found before the first, whatever the interleaving
+and whichever threads they are. threadpoolctl (3.8) lets only one thread, the first to set a
+limit, change OpenBLAS while it lives, and ignores the others silently; the owner takes
+that control for its two calls and hands it back. A limit that another thread of the
+program sets while a split runs is overwritten when the split ends.
 The split uses threadpoolctl, a small pure-Python library (maintained by the scikit-learn
 developers) and the portable way to limit BLAS threads.
 
@@ -117,15 +118,20 @@ def _blas_controllers(controller: Any) -> list:
             if hasattr(type(lib), "clear_controlling_thread")]
 
 
-def _limit_blas(controller: Any) -> Any:
-    # runs in the owner thread; borrows control from whichever thread holds it (refflow gives
-    # the value it found back, and control with it, when the last split ends)
+def _take_blas_control(controller: Any) -> None:
     for lib in _blas_controllers(controller):
         type(lib).clear_controlling_thread(force=True)
+
+
+def _limit_blas(controller: Any) -> Any:
+    # refflow's own calls are serialised by the splitter's lock, so it may take control for
+    # the moment from whichever thread holds it, and gives it back when the last split ends
+    _take_blas_control(controller)
     return controller.limit(limits=1, user_api="blas")
 
 
 def _restore_blas(controller: Any, limiter: Any) -> None:
+    _take_blas_control(controller)  # the thread restoring need not be the one that limited
     limiter.restore_original_limits()
     for lib in _blas_controllers(controller):
         type(lib).clear_controlling_thread()  # any thread of the program may set limits again
@@ -134,10 +140,10 @@ def _restore_blas(controller: Any, limiter: Any) -> None:
 class _Splitter:
     """The one owner of the thread pool and of the BLAS limit while splits run.
 
-    ``acquire`` and ``release`` bracket every split. The first acquire of a quiet period
-    limits BLAS to one thread, the release that leaves no split running restores it; both
-    are done by one dedicated thread, whichever callers come and go. A pool replaced by
-    ``set_threads`` while splits use it is shut down only when none does.
+    ``acquire`` and ``release`` bracket every split, under one lock. The first acquire of a
+    quiet period limits BLAS to one thread, the release that leaves no split running
+    restores it, whichever callers come and go and whichever thread they run in. A pool
+    replaced by ``set_threads`` while splits use it is shut down only when none does.
     """
 
     def __init__(self, threads: int):
@@ -146,7 +152,6 @@ class _Splitter:
         self.pool: ThreadPoolExecutor | None = None
         self.retired: list[ThreadPoolExecutor] = []
         self.running = 0
-        self.owner: ThreadPoolExecutor | None = None  # the thread that sets and restores BLAS
         self.controller: Any = None
         self.limiter: Any = None
 
@@ -165,12 +170,11 @@ class _Splitter:
             if self.threads < 2:
                 return None, 1
             if self.running == 0:
-                if self.owner is None:
+                if self.controller is None:
                     from threadpoolctl import ThreadpoolController
 
                     self.controller = ThreadpoolController()
-                    self.owner = ThreadPoolExecutor(1, thread_name_prefix="refflow-blas")
-                self.limiter = self.owner.submit(_limit_blas, self.controller).result()
+                self.limiter = _limit_blas(self.controller)
             self.running += 1
             if self.pool is None:
                 # the calling thread computes the first part itself, so the pool needs n - 1
@@ -182,7 +186,7 @@ class _Splitter:
         with self.lock:
             self.running -= 1
             if self.running == 0:
-                self.owner.submit(_restore_blas, self.controller, self.limiter).result()
+                _restore_blas(self.controller, self.limiter)
                 self.limiter = None
                 self._shutdown_retired()
 

@@ -567,7 +567,7 @@ def test_backend_and_package_names_still_reach_the_split():
 
 
 def test_the_program_can_still_limit_blas_after_a_split():
-    """refflow's owner thread gives control of OpenBLAS back when the last split ends, so a
+    """refflow gives control of OpenBLAS back when the last split ends, so a
     limit the program sets afterwards (from this thread) takes effect."""
     from threadpoolctl import threadpool_limits
 
