@@ -44,7 +44,10 @@ class Impl:
 # ------------------------------------------------------------------------------ refflow
 
 
-def refflow_impl(model: str, dim: int, dtype: str, seed: int = 0) -> Impl:
+def refflow_impl(model: str, dim: int, dtype: str, seed: int = 0,
+                 backend: str = "numpy") -> Impl:
+    """refflow's version; ``backend="strict"`` runs it on the strict stand-in array of the
+    tests (``scripts/gpu-check.sh --rehearse``: the CuPy steps, on the CPU)."""
     import autograd
 
     from refflow import backend as B
@@ -77,16 +80,34 @@ def refflow_impl(model: str, dim: int, dtype: str, seed: int = 0) -> Impl:
     # float casts of every float array (masks included: they multiply float32 weights)
     flow = map_arrays(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a,
                       Flow(StandardNormal(dim, dtype=dtype), Compose(*layers)))
+    prepare = B.asarray
+    sample_rng = B.rng(seed + 1)
+
+    def sample(n):
+        return flow.sample(n, sample_rng)
+
+    if backend == "strict":
+        from refflow import autograd_ext
+        from tests.strict import StrictArray, strict
+
+        autograd_ext.register_array_type(StrictArray)
+        flow = map_arrays(strict, flow)
+        prepare = strict
+
+        def sample(n):
+            # the noise is drawn on the host, as CuPy would draw it on the device
+            z = sample_rng.standard_normal((n, dim), dtype=dtype)
+            return flow.push_forward(strict(z))[0]
+
     leaves, rebuild = partition(flow)
     grad = autograd.grad(lambda params, x: nll(rebuild(params), x))
-    sample_rng = B.rng(seed + 1)
     return Impl(
         library="refflow",
         n_params=count_parameters(flow),
-        prepare=lambda x: B.asarray(x),
+        prepare=prepare,
         log_prob=flow.log_prob,
         loss_grad=lambda x: grad(leaves, x),
-        sample=lambda n: flow.sample(n, sample_rng),
+        sample=sample,
         sync=_cupy_sync if B.get_backend() == "cupy" else _no_sync,
     )
 

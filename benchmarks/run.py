@@ -183,7 +183,9 @@ def run_grid(args) -> dict:
 
 
 def _build(lib: str, model: str, dim: int, dtype: str, args):
-    if lib in ("refflow", "flowjax"):
+    if lib == "refflow":
+        return BUILDERS[lib](model, dim, dtype, backend=args.backend)
+    if lib == "flowjax":
         return BUILDERS[lib](model, dim, dtype)
     return BUILDERS[lib](model, dim, dtype, device=args.torch_device)
 
@@ -363,7 +365,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", type=int, choices=[0, 1], default=None,
                    help="refflow's fast layer off (0: the pure reference) or on (1); "
                         "default: REFFLOW_FAST, else on")
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "strict"],
+                   help="refflow's arrays; 'strict': the tests' stand-in for CuPy, on the CPU")
     p.add_argument("--torch-device", default="cpu", help="cpu or cuda")
     p.add_argument("--quick", action="store_true", help="D 2 and 16, batch 256, 3 rounds")
     p.add_argument("--malloc", default="current", choices=["current", "both"],

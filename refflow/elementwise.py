@@ -46,7 +46,7 @@ import autograd.numpy as np
 from autograd.tracer import getval
 
 from refflow.backend import to_numpy
-from refflow.checks import check_array, check_int, check_positive
+from refflow.checks import check_array, check_int, check_positive, check_real
 from refflow.fast import replaceable
 from refflow.nn import sigmoid, softplus, softplus_inverse
 from refflow.ops import maximum, where
@@ -124,8 +124,10 @@ class _Elementwise:
     _SHAPE_FIELD: ClassVar[tuple[str, int]]
 
     def _check_shape(self, name, v):
-        # shapes only, so it is safe on traced values; without it a (N, 1) input would
-        # broadcast silently against (D,) parameters to (N, D)
+        # the dtype and shapes only, so it is safe on traced values (and costs no pass over
+        # the data); without it a (N, 1) input would broadcast silently against (D,)
+        # parameters to (N, D), and complex input would give a complex log-determinant
+        check_real(name, v)
         name_p, inner = self._SHAPE_FIELD
         p_shape = tuple(getattr(self, name_p).shape)
         p_shape = p_shape[:len(p_shape) - inner]

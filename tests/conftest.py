@@ -39,8 +39,9 @@ def pytest_addoption(parser):
     parser.addoption(
         "--backend",
         default=None,
-        choices=("numpy", "cupy"),
-        help="array backend for the whole suite (default: REFFLOW_BACKEND or numpy)",
+        choices=("numpy", "cupy", "strict"),
+        help="array backend for the whole suite (default: REFFLOW_BACKEND or numpy); "
+        "'strict' is the stand-in suite, as --standin (scripts/gpu-check.sh --rehearse)",
     )
     parser.addoption("--slow", action="store_true", help="also run the long statistical tests")
     parser.addoption(
@@ -56,16 +57,20 @@ def pytest_configure(config):
         "markers", "standin: uses the strict stand-in array (runs under --standin only)"
     )
     name = config.getoption("--backend")
-    if name:
+    if name in ("numpy", "cupy"):
         backend.set_backend(name)
-    if config.getoption("--standin"):
+    if _standin(config):
         from tests.strict import StrictArray
 
         autograd_ext.register_array_type(StrictArray)
 
 
+def _standin(config) -> bool:
+    return config.getoption("--standin") or config.getoption("--backend") == "strict"
+
+
 def pytest_collection_modifyitems(config, items):
-    standin = config.getoption("--standin")
+    standin = _standin(config)
     keep, drop = [], []
     for item in items:
         (keep if ("standin" in item.keywords) == standin else drop).append(item)
@@ -84,7 +89,7 @@ def pytest_sessionfinish(session, exitstatus):
     # the NumPy suite must have run on an unchanged autograd: nothing there may register a
     # foreign array type (which installs the extension), except on purpose under --backend cupy
     config = session.config
-    if config.getoption("--standin") or backend.get_backend() != "numpy":
+    if _standin(config) or backend.get_backend() != "numpy":
         return
     if autograd_ext.installed() or autograd_ext.registered_types():
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

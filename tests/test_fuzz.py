@@ -51,21 +51,13 @@ REFUSE = ("wrong_event", "zero_d", "complex", "object", "text", "list", "tensor"
 MAY_WORK = ("nan", "inf", "int", "bool", "empty", "huge", "one_sample")
 KINDS = REFUSE + MAY_WORK
 
-# Cases that fail inside a family module (not io, train, cli or checks; those modules are
-# being restructured under issue 14): strict xfails, so each turns into a required pass once
-# the family checks its input's type. The element-wise families check only the shape
-# (elementwise.py, _check_shape: complex comes back complex, object/text/tensor reach a
-# ufunc); Scaling multiplies before its check (coupling.py, Scaling.forward).
-_ELEMENTWISE = ("Integral", "Monotone", "Perturbation", "Perturbation[c=0]",
-                "RationalQuadraticSpline", "RationalQuadraticSpline[edges]", "ScalarAffine")
+# Cases that fail inside a family module: strict xfails, so each turns into a required pass
+# once the family checks its input's type. Scaling multiplies before its check (coupling.py,
+# Scaling.forward).
 FAMILY_BUGS: dict[tuple[str, str], str] = {
-    **{(name, kind): f"elementwise.py _check_shape checks shapes only: {kind} input "
-       + ("is accepted" if kind == "complex" or (name, kind) == ("ScalarAffine", "object")
-          else "raises TypeError in a ufunc")
-       for name in _ELEMENTWISE for kind in ("complex", "object", "text", "tensor")},
-    **{(name, kind): f"coupling.py Scaling.forward computes z * scale before checking z: "
-       f"TypeError for a {kind} input"
-       for name in ("Scaling", "Scaling[image]") for kind in ("text", "tensor")},
+    (name, kind): f"coupling.py Scaling.forward computes z * scale before checking z: "
+    f"TypeError for a {kind} input"
+    for name in ("Scaling", "Scaling[image]") for kind in ("text", "tensor")
 }
 # refflow/testing (the verifier's module): what check_bijection does with such inputs
 CHECKER_BUGS: dict[str, str] = {
