@@ -279,3 +279,21 @@ def test_numpy_run_fails_when_the_extension_gets_installed(tmp_path, register, s
                          text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.returncode == code, run.stdout + run.stderr
     assert message in run.stdout, run.stdout
+
+
+def test_the_first_cupy_array_seen_installs_the_extension():
+    """backend.is_array (reached by every input check) registers a CuPy array type the first
+    time it meets one; a NumPy array never does. In a subprocess: it changes autograd."""
+    out = _python("""
+        import numpy
+        from refflow import autograd_ext, backend
+        from refflow.checks import check_array
+
+        ndarray = type("ndarray", (), {"__module__": "cupy._core.core", "shape": (2,),
+                                       "dtype": numpy.dtype("float64"), "ndim": 1})
+        check_array("x", numpy.ones(2))
+        before = autograd_ext.installed()
+        seen = backend.is_array(ndarray())
+        print(before, seen, autograd_ext.installed(), ndarray in autograd_ext.registered_types())
+    """)
+    assert out.split() == ["False", "True", "True", "True"]
