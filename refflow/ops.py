@@ -16,8 +16,11 @@ code needs a gradient that stock autograd gets wrong, it calls one of these inst
   about ten times slower than an in-place add for a slice (90 us against 7 us for 4096
   numbers). A basic index selects every element at most once, so here the gradient is added
   in place into zeros.
+- ``segment(v, start, stop, shape)``, ``v[start:stop]`` of a flat vector reshaped to
+  ``shape``, in one autograd node: training cuts its parameter vector into the parameter
+  arrays with it (``refflow.tree.ravel_leaves``).
 
-All four work on any array type NumPy dispatches to (CuPy, the strict stand-in of the tests):
+All five work on any array type NumPy dispatches to (CuPy, the strict stand-in of the tests):
 the VJPs create their arrays with ``zeros_like`` and arithmetic only.
 
 Notes
@@ -43,7 +46,7 @@ import autograd.numpy as np
 from autograd.extend import SparseObject, defvjp, primitive, vspace
 from autograd.numpy.numpy_vjps import unbroadcast_f
 
-__all__ = ["where", "maximum", "minimum", "take"]
+__all__ = ["where", "maximum", "minimum", "take", "segment"]
 
 
 @primitive
@@ -113,3 +116,13 @@ def _untake(g: Any, index: Any, space: Any) -> Any:
 
 defvjp(take, lambda ans, x, index: lambda g: _untake(g, index, vspace(x)))
 defvjp(_untake, lambda ans, g, index, space: lambda h: take(h, index))
+
+
+@primitive
+def segment(v: Any, start: int, stop: int, shape: tuple) -> Any:
+    """``v[start:stop]`` of a flat vector, reshaped to ``shape``; gradient added in place."""
+    return np.reshape(v[start:stop], shape)
+
+
+defvjp(segment, lambda ans, v, start, stop, shape: lambda g: _untake(
+    np.ravel(g), slice(start, stop), vspace(v)))

@@ -31,7 +31,7 @@ from typing import Any
 import autograd.numpy as np
 
 from refflow.backend import eye_like, is_array, is_traced, zeros
-from refflow.ops import take
+from refflow.ops import segment
 
 __all__ = ["partition", "ravel_leaves", "map_arrays", "count_parameters", "describe",
            "CONSTRAINTS", "is_static_field"]
@@ -150,14 +150,15 @@ def ravel_leaves(leaves: list) -> tuple[Any, Callable[[Any], list]]:
     """
     layout, start = [], 0
     for leaf in leaves:
-        layout.append((slice(start, start + leaf.size), leaf.shape, leaf.dtype))
+        layout.append((start, start + leaf.size, leaf.shape, leaf.dtype))
         start += leaf.size
     vector = np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else zeros(0)
 
     def unravel(v):
-        return [np.reshape(take(v, part), shape).astype(dtype, copy=False)
-                if v.dtype != dtype else np.reshape(take(v, part), shape)
-                for part, shape, dtype in layout]
+        # one autograd node per leaf (a cast only where the leaves' dtypes differ)
+        return [segment(v, lo, hi, shape) if v.dtype == dtype
+                else segment(v, lo, hi, shape).astype(dtype)
+                for lo, hi, shape, dtype in layout]
 
     return vector, unravel
 

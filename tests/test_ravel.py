@@ -117,3 +117,22 @@ def test_take_and_ravel_leaves_on_the_strict_stand_in():
     assert isinstance(v, StrictArray)
     gv = autograd.grad(lambda v: anp.sum(unravel(v)[0] * 2.0) + anp.sum(unravel(v)[1]))(v)
     numpy.testing.assert_array_equal(gv.get(), [2.0] * 12 + [1.0] * 4)
+
+
+def test_second_order_through_the_vector_equals_through_the_list():
+    """The gradient of a function of the gradient (segment's VJP is differentiable too)."""
+    rng = numpy.random.default_rng(1)
+    leaves = [rng.standard_normal((2, 3)), rng.standard_normal(3)]
+
+    def loss(ps):
+        return anp.sum(anp.sin(ps[0] @ ps[1]) ** 2) + anp.sum(ps[1] ** 3)
+
+    def grad_norm_list(ps):
+        return sum(anp.sum(g ** 2) for g in autograd.grad(loss)(ps))
+
+    v, unravel = ravel_leaves(leaves)
+    by_vector = autograd.grad(lambda v: anp.sum(autograd.grad(lambda u: loss(unravel(u)))(v)
+                                               ** 2))(v)
+    by_list = autograd.grad(grad_norm_list)(leaves)
+    numpy.testing.assert_allclose(by_vector, numpy.concatenate([g.ravel() for g in by_list]),
+                                  rtol=1e-12)
