@@ -68,7 +68,7 @@ from autograd.tracer import getval
 __all__ = ["register_array_type", "registered_types", "install", "installed", "status",
            "REPLACED"]
 
-_registered: set[type] = set()
+_registered: frozenset = frozenset()  # replaced, never changed: read without the lock
 _lock = threading.Lock()
 
 
@@ -114,7 +114,7 @@ class _ForeignArrayVSpace(ArrayVSpace):
 
 def registered_types() -> frozenset:
     """The non-NumPy array types autograd has been taught here."""
-    return frozenset(_registered)
+    return _registered
 
 
 def register_array_type(cls: type) -> None:
@@ -123,6 +123,7 @@ def register_array_type(cls: type) -> None:
     Installs the replacements (``install``) the first time; registering a type twice does
     nothing.
     """
+    global _registered
     if not isinstance(cls, type):
         raise ValueError(f"cls: expected an array type, got {cls!r}")
     with _lock:
@@ -131,7 +132,7 @@ def register_array_type(cls: type) -> None:
         install()
         ArrayBox.register(cls)
         VSpace.register(cls, _ForeignArrayVSpace)
-        _registered.add(cls)
+        _registered = _registered | {cls}
 
 
 def _raw(x: Any) -> Any:
