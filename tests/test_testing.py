@@ -245,7 +245,9 @@ def test_exceptions_in_user_code_become_failures():
         raise RuntimeError("not implemented")
 
     report = check_bijection(coupling_forward, inv, dim=4)
-    assert "round_trip" in report.failed and "not implemented" in report["round_trip"].detail
+    assert report.failed == ["exceptions"]
+    assert "not implemented" in report["exceptions"].detail and report["exceptions"].row == 0
+    assert report["round_trip"].passed is None and report["log_det"].passed
 
 
 def test_float32_inputs_get_float32_tolerances():

@@ -15,14 +15,18 @@ __all__ = ["CHECKS", "CheckResult", "Report"]
 
 # name -> what it verifies; the order is the order of the printed table
 CHECKS: dict[str, str] = {
-    "shapes": "output shape == input shape, log_det shape == batch shape (N,)",
+    "exceptions": "forward and inverse return on the whole batch without raising",
+    "shapes": "output shape == input shape, log_det shape == batch shape (N,) or broadcasts to it",
     "finite": "outputs, log-dets (and gradients) are finite at every input",
     "round_trip": "inverse(forward(z)) == z and forward(inverse(x)) == x",
     "log_det": "forward log_det == log|det J_f(z)| of the finite-difference Jacobian",
     "inverse_log_det": "inverse log_det at x = f(z) == -forward log_det at z",
     "inverse_function_theorem": "J_{f^-1}(f(z)) J_f(z) == I (finite-difference Jacobians)",
+    "orientation": "det J_f has one sign over the tested rows (the map does not fold)",
     "batch_independence": "a row's output is the same alone as inside the batch",
+    "isolation": "tail and edge rows give the same finite outputs in a batch of their own",
     "stateless": "the same inputs in another order, after other calls, give the same outputs",
+    "call_order": "batches A, B, A, inverse and log-det calls in any order: no history effect",
     "structure": "the Jacobian is zero outside the declared pattern (diagonal, triangular)",
     "normalization": "the density p(x) = p_z(f^-1(x)) |det J_f^-1(x)| integrates to 1",
     "gradients": "autograd gradients == finite-difference gradients",
@@ -33,8 +37,9 @@ CHECKS: dict[str, str] = {
 class CheckResult:
     """One check: its status, the worst error, its tolerance and where it occurred.
 
-    ``passed`` is ``True``, ``False``, or ``None`` for a check that was not run (``detail``
-    says why). ``row`` indexes the input that produced the worst error and ``input`` is
+    ``passed`` is ``True``, ``False``, or ``None`` for a check that was not run or could not
+    decide (``inconclusive``: its error estimate was too large to tell a pass from a failure;
+    ``detail`` says why). ``row`` indexes the input that produced the worst error and ``input`` is
     that row (flattened, float64), so the failure can be reproduced with
     ``forward(input.reshape(1, -1))``.
     """
@@ -46,9 +51,12 @@ class CheckResult:
     row: int | None = None
     input: Any = None
     detail: str = ""
+    inconclusive: bool = False
 
     @property
     def status(self) -> str:
+        if self.inconclusive:
+            return "inconclusive"
         return {True: "ok", False: "FAIL", None: "skip"}[self.passed]
 
 
@@ -60,8 +68,9 @@ def _num(v: float) -> str:
 class Report:
     """The outcome of ``check_bijection`` or ``check_gradients``: one ``CheckResult`` per check.
 
-    ``report.ok`` is True when no check failed (skipped checks do not fail);
-    ``report.failed`` lists the names of the failed checks; ``report["log_det"]`` is one
+    ``report.ok`` is True when no check failed and none was inconclusive (skipped checks do
+    not count); ``report.failed`` lists the names of the failed checks,
+    ``report.inconclusive`` those that could not decide; ``report["log_det"]`` is one
     check; ``str(report)`` is the table.
     """
 
@@ -71,11 +80,15 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.inconclusive
 
     @property
     def failed(self) -> list[str]:
         return [c.name for c in self.checks if c.passed is False]
+
+    @property
+    def inconclusive(self) -> list[str]:
+        return [c.name for c in self.checks if c.inconclusive]
 
     @property
     def names(self) -> list[str]:
@@ -92,14 +105,16 @@ class Report:
 
     def table(self) -> str:
         """The report as a fixed-width table, then the worst input of each failed check."""
-        head = f"{self.title}: " + ("ok" if self.ok else "FAILED " + ", ".join(self.failed))
+        head = f"{self.title}: " + ("ok" if self.ok else "; ".join(
+            f"{word} " + ", ".join(names) for word, names in
+            (("FAILED", self.failed), ("INCONCLUSIVE", self.inconclusive)) if names))
         if self.meta:
             head += "  (" + ", ".join(f"{k}={v}" for k, v in self.meta.items()) + ")"
-        lines = [head, f"{'check':<26}{'status':<7}{'worst error':>12}{'tolerance':>11}"
+        lines = [head, f"{'check':<26}{'status':<13}{'worst error':>12}{'tolerance':>11}"
                        f"{'row':>5}  detail"]
         for c in self.checks:
             row = "-" if c.row is None else str(c.row)
-            lines.append(f"{c.name:<26}{c.status:<7}{_num(c.error):>12}{_num(c.tol):>11}"
+            lines.append(f"{c.name:<26}{c.status:<13}{_num(c.error):>12}{_num(c.tol):>11}"
                          f"{row:>5}  {c.detail}")
         for c in self.checks:
             if c.passed is False and c.input is not None:
