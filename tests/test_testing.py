@@ -344,3 +344,197 @@ def test_python_dash_m_runs_verify():
                           "--dim", "2", "--n", "3"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "inverse_function_theorem" in out.stdout
+
+
+# ---------------------------------------------------------------- issue 15: no false alarm
+
+
+def test_exact_kink_is_inconclusive_by_differences_and_decided_by_autodiff():
+    # at z = 0 exactly every central difference of a leaky ReLU is the average slope (1 + a)/2
+    # whatever the step: a confident wrong reference; the one-sided slopes reveal the kink
+    z = numpy.array([[0.0, 1.0], [0.5, -0.7], [-1.2, 2.0]])
+    plain = check_bijection(leaky_forward, leaky_inverse, inputs=z)
+    assert "log_det" in plain.inconclusive and not plain.ok and not plain.failed
+    assert "rows [0]" in plain["log_det"].detail
+
+    def fwd(v, a=0.3):  # the same map in autograd.numpy: autodiff takes one side's slope
+        return anp.where(v > 0, v, a * v), anp.sum((v < 0) * numpy.log(a), axis=1)
+
+    def inv(v, a=0.3):
+        return anp.where(v > 0, v, v / a), -anp.sum((v < 0) * numpy.log(a), axis=1)
+
+    z[0, 0] = 1e-300  # the library's branch at 0 is z > 0: evaluate on that side
+    decided = check_bijection(fwd, inv, inputs=z)
+    assert decided.ok, decided.table()
+    assert "autodiff confirmed" in decided["log_det"].detail
+
+
+def test_steep_narrow_spline_is_not_a_false_alarm():
+    # a monotone map with a feature 1e-3 wide and slope 1/400 inside it: its inverse has
+    # slope 400 over an x-interval of 2.5e-6, narrower than a fixed eps^(1/5) step
+    w = 1e-3
+
+    def fwd(z):
+        x = z - (1 - 1 / 400) * w * numpy.tanh(z / w)
+        d = 1 - (1 - 1 / 400) / numpy.cosh(z / w) ** 2
+        return x, numpy.sum(numpy.log(d), axis=1)
+
+    def inv(x):  # Newton from the outer branch, to rounding
+        z = x.copy()
+        for _ in range(200):
+            z = z - (fwd(z)[0] - x) / (1 - (1 - 1 / 400) / numpy.cosh(z / w) ** 2)
+        return z, -fwd(z)[1]
+
+    z = numpy.array([[1e-4, 0.5], [-2e-4, 3.0], [0.7, 2e-5], [-1.5, -3e-4]])
+    report = check_bijection(fwd, inv, inputs=z)
+    assert report.ok, report.table()
+
+
+# ---------------------------------------------------------------- issue 15: new checks
+
+
+def planar(u, w=None, b=0.2, fixed=False):
+    """A planar flow f(z) = z + u_hat tanh(w.z + b); the u_hat constraint keeps w.u_hat >= -1."""
+    w = numpy.array([1.0, 0.5]) if w is None else w
+    if fixed:
+        wu = w @ u
+        u = u + (-1.0 + numpy.log1p(numpy.exp(wu)) - wu) * w / (w @ w)
+
+    def fwd(z):
+        a = z @ w + b
+        x = z + numpy.tanh(a)[:, None] * u
+        return x, numpy.log(numpy.abs(1 + (1 - numpy.tanh(a) ** 2) * (w @ u)))
+
+    return fwd
+
+
+def test_planar_flow_without_its_constraint_fails_orientation():
+    u = numpy.array([-2.0, -1.0])  # w.u = -2.5: det J = 1 - 2.5 sech^2 changes sign
+    report = check_bijection(planar(u), dim=2, n=32)
+    assert "orientation" in report.failed, report.table()
+    assert report["log_det"].passed is not False  # the log|det| is right on every row
+    assert "< 0 on rows" in report["orientation"].detail or "> 0 on rows" in \
+        report["orientation"].detail
+    fixed = check_bijection(planar(u, fixed=True), dim=2, n=32)
+    assert fixed.ok, fixed.table()
+
+
+def tail_nan_forward(z, fixed=False):
+    """x = 2 z with log-det D log 2, where the scale is averaged over the entries inside
+    [-3, 3]: NaN when a batch has none (a tail row alone, or a batch of tail rows)."""
+    inside = numpy.abs(z) < 3.0
+    if fixed and not inside.any():
+        scale = 2.0
+    else:
+        with numpy.errstate(invalid="ignore"):
+            scale = numpy.mean(numpy.where(inside, 2.0, numpy.nan)[inside]) if inside.any() \
+                else numpy.nan
+    return scale * z, numpy.full(len(z), z.shape[1] * numpy.log(scale))
+
+
+def test_nan_only_for_tail_rows_together_or_alone_fails_isolation():
+    z = RNG.standard_normal((12, 2))
+    z[[3, 9]] = [[4.0, -3.5], [-5.0, 3.2]]  # two tail rows, in a batch with ordinary ones
+    inv = lambda x: (x / 2.0, numpy.full(len(x), -2 * numpy.log(2.0)))  # noqa: E731
+    report = check_bijection(tail_nan_forward, inv, inputs=z)
+    assert "isolation" in report.failed and report["finite"].passed
+    assert report["isolation"].row in (3, 9)
+    fixed = check_bijection(lambda v: tail_nan_forward(v, fixed=True), inv, inputs=z)
+    assert fixed.ok, fixed.table()
+
+
+class SeparateLogDet:
+    """zuko/pyro style: ``t(z)``, ``t.inv(x)`` and ``t.log_abs_det_jacobian(z, x)``; the
+    broken version returns the log-det its last transform call cached, whatever (z, x):
+    right whenever the caller asks for it just after the matching transform call."""
+
+    def __init__(self, cached):
+        self.cached, self.last = cached, None
+
+    def __call__(self, z):
+        x, self.last = coupling_forward(z)
+        return x
+
+    def inv(self, x):
+        z, ld_inv = coupling_inverse(x)
+        self.last = -ld_inv
+        return z
+
+    def log_abs_det_jacobian(self, z, x):
+        if self.cached and self.last is not None:
+            return self.last
+        return coupling_forward(z)[1]
+
+
+def test_log_det_cached_from_the_last_call_fails_call_order():
+    t = SeparateLogDet(cached=True)
+    report = check_bijection(t, t.inv, log_det=t.log_abs_det_jacobian, dim=4)
+    assert report.failed == ["call_order"], report.table()
+    assert "log_det(A) after" in report["call_order"].detail
+    t = SeparateLogDet(cached=False)
+    fixed = check_bijection(t, t.inv, log_det=t.log_abs_det_jacobian, dim=4)
+    assert fixed.ok, fixed.table()
+
+
+def test_forward_raising_on_the_batch_is_a_failed_check_naming_text_and_row():
+    def fwd(z, fixed=False):
+        if not fixed and numpy.any(numpy.abs(z) > 5.0):
+            raise FloatingPointError("spline: input outside the table")
+        return coupling_forward(z)
+
+    z = RNG.standard_normal((10, 4))
+    z[6, 2] = 6.0
+    report = check_bijection(fwd, coupling_inverse, inputs=z)
+    assert report.failed == ["exceptions"]
+    assert report["exceptions"].row == 6
+    assert "outside the table" in report["exceptions"].detail
+    assert check_bijection(lambda v: fwd(v, True), coupling_inverse, inputs=z).ok
+
+
+@pytest.mark.parametrize("convention", ["scalar", "per coordinate", "per coordinate, no batch"])
+def test_broadcasting_log_dets_are_accepted_and_reported(convention):
+    scale = numpy.array([0.5, 3.0])
+
+    def fwd(z, factor=1.0):
+        ld = factor * numpy.log(scale)
+        ld = {"scalar": numpy.sum(ld), "per coordinate": numpy.broadcast_to(ld, z.shape),
+              "per coordinate, no batch": ld}[convention]
+        return z * scale, ld
+
+    report = check_bijection(fwd, dim=2)
+    assert report.ok, report.table()
+    assert convention.split(",")[0] in report.meta["forward log_det"]
+    assert "log_det" in check_bijection(lambda z: fwd(z, 2.0), dim=2).failed
+
+
+# ---------------------------------------------------------------- issue 16: test power
+
+
+class ShapeCache:
+    """A forward-only map whose cache is keyed on the set of input rows: the same rows in
+    another order hit it and get the first order's result."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def __call__(self, z):
+        key = tuple(sorted(map(tuple, z.tolist())))
+        if key not in self.cache:
+            self.cache[key] = coupling_forward(z)
+        return self.cache[key]
+
+
+def test_stateless_forward_only_pair_catches_a_shape_keyed_cache():
+    report = check_bijection(ShapeCache(), dim=4)
+    assert "stateless" in report.failed
+    assert report["stateless"].detail.startswith("forward of the rows in reverse order")
+
+
+def test_round_trip_tolerance_is_within_100x_of_a_1e_7_error():
+    # the inverse is off by 1e-7: 10-100 times the derived tolerance, not 1e5 times
+    inv = lambda x: (coupling_inverse(x)[0] + 1e-7, coupling_inverse(x)[1])  # noqa: E731
+    result = check_bijection(coupling_forward, inv, dim=4)["round_trip"]
+    assert result.passed is False
+    assert 1.0 < result.error / result.tol < 100.0
+    inv = lambda x: (coupling_inverse(x)[0] + 1e-10, coupling_inverse(x)[1])  # noqa: E731
+    assert check_bijection(coupling_forward, inv, dim=4)["round_trip"].passed

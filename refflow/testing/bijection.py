@@ -743,21 +743,22 @@ def _stateless(s, refs, kappa) -> CheckResult:
 
 
 def _call_order(s, refs, kappa) -> CheckResult:
-    # batch A (all rows) and B (every other row, reversed: another size and order), in an
-    # order where each call follows calls on the other batch and of the other kinds
-    A, B = numpy.arange(s.n), numpy.arange(s.n)[::-2]
-    plan = [("ld", A), ("f", B), ("ld", A), ("f", A), ("g", B), ("f", A), ("ld", B), ("g", A),
-            ("ld", A), ("f", B), ("g", B), ("f", A), ("g", A)]
+    # batch A (all rows), B (every other row, reversed: another size and order) and R (all
+    # rows reversed), in an order where each call follows calls on other batches and of the
+    # other kinds
+    A, B, R = numpy.arange(s.n), numpy.arange(s.n)[::-2], numpy.arange(s.n)[::-1]
+    plan = [("ld", A), ("f", B), ("ld", A), ("f", R), ("ld", A), ("f", A), ("g", B), ("f", A),
+            ("ld", B), ("g", R), ("ld", A), ("f", B), ("g", B), ("f", A), ("g", A)]
     allowed = {"f"} | ({"g"} if refs["g"][0] is not None else set()) | \
         ({"ld"} if s.log_det is not None else set())
     plan = [(k, r) for k, r in plan if k in allowed]
     names = {"f": "forward", "g": "inverse", "ld": "log_det"}
-    label = lambda k, r: f"{names[k]}({'A' if len(r) == s.n else 'B'})"  # noqa: E731
+    label = lambda k, r: f"{names[k]}({'B' if len(r) < s.n else 'A' if r[0] == 0 else 'R'})"  # noqa: E501,E731
     steps = []
     for i, (k, r) in enumerate(plan):
         before = " ".join(label(*p) for p in plan[max(0, i - 2):i]) or "first"
         steps.append((f"{label(k, r)} after {before} (A: all rows, B: every other row "
-                      f"reversed)", k, r))
+                      f"reversed, R: all reversed)", k, r))
     return _sequence(s, "call_order", refs, kappa, steps)
 
 

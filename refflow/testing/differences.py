@@ -194,8 +194,24 @@ def richardson_jacobian(
             best_err = numpy.where(take, e, best_err)
             column = nxt
         J[:, :, j] = best
-        E[:, :, j] = RIDDERS_SAFETY * best_err
+        E[:, :, j] = RIDDERS_SAFETY * numpy.maximum(best_err, _kink(out, points, j, rounding))
     return J, E
+
+
+def _kink(out, points, j, rounding) -> numpy.ndarray:
+    """Half the jump between the right and the left one-sided slopes where they differ by more
+    than their own error, else 0: at a kink (e.g. a leaky ReLU at exactly 0) every central
+    difference is the same average of the two slopes, which no step change reveals."""
+    def secants(side):
+        u = numpy.stack([points[2 * i + side][:, j] for i in range(LEVELS)])[:, :, None]
+        return (out[1:, side] - out[:-1, side]) / (u[1:] - u[:-1])  # (L - 1, N, D_out)
+
+    right, left = secants(0), secants(1)
+    noise = numpy.abs(right[1:] - right[:-1]) + numpy.abs(left[1:] - left[:-1]) + \
+        4.0 * rounding[1:-1]
+    k = numpy.argmin(noise, axis=0)[None]
+    jump = numpy.abs(numpy.take_along_axis(right[:-1] - left[:-1], k, 0)[0])
+    return numpy.where(jump > 4.0 * numpy.take_along_axis(noise, k, 0)[0], 0.5 * jump, 0.0)
 
 
 def autodiff_jacobian(

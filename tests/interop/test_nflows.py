@@ -79,3 +79,34 @@ def test_broken_negative_branch_fails_log_det():
 
     report = check_bijection(broken, broken_inverse, inputs=_inputs(4))
     assert report.failed == ["log_det"]
+
+
+def _sweep_inputs(dim, n=16, seed=0):
+    """The catalog sweep's inputs: normal rows, every fourth uniform on [-4, 4]^D."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    z[::4] = 4.0 * (2 * torch.rand(n // 4, dim, generator=g, dtype=torch.float64) - 1)
+    return z
+
+
+def test_steep_spline_coupling_and_leaky_relu_are_not_false_alarms():
+    # issue 15: both failed inverse_function_theorem with a fixed 2e-3 step (the spline's
+    # bins are narrower; the leaky ReLU's inverse slope is 100 and the step straddled 0)
+    torch.manual_seed(0)
+    spline = N.PiecewiseRationalQuadraticCouplingTransform(
+        torch.tensor([1, 0]), _net, num_bins=8, tails="linear", tail_bound=3.0).double().eval()
+    with torch.no_grad():
+        for p in spline.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    for t in (spline, N.LeakyReLU(negative_slope=0.01)):
+        report = check_bijection(*nflows_pair(t), inputs=_sweep_inputs(2))
+        assert report.ok, report.table()
+
+
+def test_float32_log_det_of_float64_leaky_relu_does_not_coarsen_the_jacobian():
+    # nflows' LeakyReLU returns a float32 log-det for float64 inputs: the log-det checks get
+    # float32 tolerances, the map's finite differences keep float64 steps
+    report = check_bijection(*nflows_pair(N.LeakyReLU(negative_slope=0.01)),
+                             inputs=_sweep_inputs(2))
+    assert report.ok, report.table()
+    assert report["inverse_function_theorem"].tol < 1e-8

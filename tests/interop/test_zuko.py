@@ -90,3 +90,25 @@ def test_torch_float32_inputs_are_checked_in_float32():
     report = check_bijection(*zuko_pair(t), inputs=_inputs(2).float())
     assert report.ok, report.table()
     assert report.meta["dtype"] == "float32"
+
+
+def _sweep_inputs(dim, n=16, seed=0):
+    """The catalog sweep's inputs: normal rows, every fourth uniform on [-4, 4]^D."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    z[::4] = 4.0 * (2 * torch.rand(n // 4, dim, generator=g, dtype=torch.float64) - 1)
+    return z
+
+
+def test_steep_spline_flow_is_not_a_false_alarm():
+    # issue 15: before Ridders steps and autodiff, inverse_function_theorem failed here
+    # (|J_inv| in the hundreds; a fixed 2e-3 step wider than the spline's bins)
+    torch.manual_seed(0)
+    flow = zuko.flows.NSF(2, transforms=2, hidden_features=(16,)).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    for autodiff in (True, False):
+        report = check_bijection(*zuko_pair(flow.transform()), inputs=_sweep_inputs(2),
+                                 autodiff=autodiff)
+        assert report.ok, report.table()
