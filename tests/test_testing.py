@@ -538,3 +538,23 @@ def test_round_trip_tolerance_is_within_100x_of_a_1e_7_error():
     assert 1.0 < result.error / result.tol < 100.0
     inv = lambda x: (coupling_inverse(x)[0] + 1e-10, coupling_inverse(x)[1])  # noqa: E731
     assert check_bijection(coupling_forward, inv, dim=4)["round_trip"].passed
+
+
+def raising_factory(dim):
+    """A factory for `refflow verify` that fails."""
+    raise RuntimeError(f"no such flow for dim {dim}")
+
+
+def test_verify_factory_raising_or_module_exiting_is_one_line_and_nonzero(tmp_path, capsys,
+                                                                          monkeypatch):
+    assert verify_main(["tests.test_testing:raising_factory"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError: no such flow for dim 2" in err
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
+    (tmp_path / "raises_on_import.py").write_text("raise KeyError('config')\n")
+    monkeypatch.chdir(tmp_path)
+    assert verify_main(["exits_on_import:f"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sys.exit(0)" in err
+    assert verify_main(["raises_on_import:f"]) == 2
+    assert "KeyError" in capsys.readouterr().err

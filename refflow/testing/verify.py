@@ -10,7 +10,9 @@ FACTORY names an object inside MODULE (dotted attribute paths allowed, e.g.
    object or a pair of callables ``(forward, inverse)``.
 
 The current directory is importable, as with ``python -m``. Exit status: 0 when every
-check passes, 1 when one fails, 2 for a usage error (bad target, bad option).
+check passes, 1 when one fails or is inconclusive or the factory raises, 2 for a usage error
+(bad target, a module that fails or exits on import, bad option); each error is one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class _UsageError(Exception):
     """A bad command line: reported with exit code 2."""
 
 
+class _FactoryError(Exception):
+    """The target's own code failed while building the bijection: exit code 1."""
+
+
 def _resolve(target: str) -> Any:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -41,6 +47,12 @@ def _resolve(target: str) -> Any:
         obj = importlib.import_module(module_name)
     except ImportError as exc:
         raise _UsageError(f"target: cannot import module {module_name!r}: {exc}") from exc
+    except SystemExit as exc:  # a script without a __main__ guard: not a silent exit 0
+        raise _UsageError(f"target: importing {module_name!r} called sys.exit({exc.code!r})"
+                          ) from exc
+    except Exception as exc:  # the module's own code failed on import
+        raise _UsageError(f"target: importing {module_name!r} raised {type(exc).__name__}: "
+                          f"{exc}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise _UsageError(f"target: {module_name!r} has no attribute {attr!r}")
@@ -74,7 +86,10 @@ def _build(obj: Any, dim: int, seed: int) -> tuple:
     if missing:
         raise _UsageError(f"target: the factory needs arguments {missing}; "
                           f"refflow verify can pass rng, seed and dim")
-    made = obj(**kwargs)
+    try:
+        made = obj(**kwargs)
+    except Exception as exc:  # the user's factory failed: one line, not a traceback
+        raise _FactoryError(f"the factory raised {type(exc).__name__}: {exc}") from exc
     if _is_bijection(made):
         return made.forward, made.inverse
     if isinstance(made, tuple) and len(made) == 2 and all(callable(f) for f in made):
@@ -117,6 +132,9 @@ def verify_main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"refflow verify: error: {exc}", file=sys.stderr)
         return 2
+    except _FactoryError as exc:
+        print(f"refflow verify: error: {exc}", file=sys.stderr)
+        return 1
     import numpy
 
     inputs = numpy.random.default_rng(args.seed).standard_normal((args.n, args.dim))
@@ -127,7 +145,11 @@ def verify_main(argv: list[str] | None = None) -> int:
             print("refflow verify: error: --torch needs PyTorch installed", file=sys.stderr)
             return 2
         inputs = torch.from_numpy(inputs)
-    report = check_bijection(forward, inverse, inputs=inputs, structure=args.structure,
-                             density="normal" if args.density else None)
+    try:
+        report = check_bijection(forward, inverse, inputs=inputs, structure=args.structure,
+                                 density="normal" if args.density else None)
+    except ValueError as exc:  # e.g. a callable that does not return (output, log_det)
+        print(f"refflow verify: error: {exc}", file=sys.stderr)
+        return 2
     print(report.table())
     return 0 if report.ok else 1
