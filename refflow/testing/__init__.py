@@ -1,19 +1,24 @@
 r"""Verify any bijection, ours or another library's: inverse, log-determinant, Jacobian.
 
 ``check_bijection(forward, inverse, inputs=...)`` evaluates the two callables and
-compares what they return with independent numerical computations (finite-difference
-Jacobians with Richardson extrapolation, on host float64 NumPy). It returns a ``Report``
-with one row per check; the check names are a fixed vocabulary, ``CHECKS``:
+compares what they return with independent numerical computations (Ridders' finite-difference
+Jacobians, on host float64 NumPy, and the inputs' framework's autodiff Jacobian where it
+agrees with them). It returns a ``Report`` with one row per check (ok, FAIL, skip or
+inconclusive); the check names are a fixed vocabulary, ``CHECKS``:
 
 ============================ ==========================================================
-``shapes``                   output shape == input shape, log_det shape == (N,)
+``exceptions``               forward and inverse return on the batch (else: text, row)
+``shapes``                   output shape == input shape, log_det (N,) or broadcasting
 ``finite``                   outputs and log-dets are finite
 ``round_trip``               inverse(forward(z)) == z and forward(inverse(x)) == x
-``log_det``                  forward log_det == log|det| of the finite-difference J_f
+``log_det``                  forward log_det == log|det| of the reference J_f
 ``inverse_log_det``          inverse log_det at x = f(z) == -forward log_det at z
 ``inverse_function_theorem`` J_{f^-1}(f(z)) J_f(z) == I
+``orientation``              det J_f has one sign over the rows (the map does not fold)
 ``batch_independence``       a row gives the same output alone as inside the batch
+``isolation``                tail and edge rows alone, together and in chunks agree
 ``stateless``                reordered inputs, after other calls, give the same outputs
+``call_order``               calls on batches A, B, A (and the log-det) in any order agree
 ``structure``                J_f is zero outside a declared pattern (optional)
 ``normalization``            p(x) integrates to 1 by quadrature, D <= 2 (optional)
 ``gradients``                autograd gradients == finite differences (check_gradients)
@@ -24,10 +29,11 @@ Conventions, and how to wrap a library that differs
 ``forward(z) -> (x, log|det dx/dz|)`` and ``inverse(x) -> (z, log|det dz/dx|)``, one
 log-det per row, shape (N,). Wrap other conventions in two lambdas:
 
-- separate log-det function (zuko: ``t(z)``, ``t.inv(x)``, ``t.log_abs_det_jacobian(z, x)``)::
+- separate log-det function (zuko, pyro: ``t(z)``, ``t.inv(x)``,
+  ``t.log_abs_det_jacobian(z, x)``): pass it as ``log_det=``, with callables returning the
+  output alone, and ``call_order`` calls it in several orders::
 
-      fwd = lambda z: (t(z), t.log_abs_det_jacobian(z, t(z)))
-      inv = lambda x: (t.inv(x), -t.log_abs_det_jacobian(t.inv(x), x))
+      check_bijection(t, t.inv, log_det=t.log_abs_det_jacobian, inputs=z)
 
 - a library whose forward is the density direction x -> z (nflows:
   ``transform(x) -> (z, log|det dz/dx|)``, ``transform.inverse(z)``)::
@@ -37,7 +43,8 @@ log-det per row, shape (N,). Wrap other conventions in two lambdas:
 
 - a library that returns only the inverse-direction log-det: negate it at the image point,
   ``fwd = lambda z: (f(z), -ld_inv(f(z)))``;
-- (N, 1) or summed-per-coordinate log-dets: ``ld.reshape(-1)`` or ``ld.sum(-1)``;
+- a scalar or per-coordinate log-det ((N, D) or (D,)) is accepted as it is and reported
+  in ``report.meta``; an (N, 1) one needs ``ld.reshape(-1)``;
 - image maps (N, H, W, C) may be passed as they are (the Jacobian is taken over the
   flattened event); a log-det computed per pixel must be summed over H, W.
 
