@@ -62,8 +62,8 @@ __all__ = ["ContractiveResidual", "LowRankResidual", "Planar", "Radial", "logdet
 
 _SQUARINGS = 6  # the certified norm bound overestimates sigma_1 by at most r^(1/256)
 
-# activations of refflow.nn that are increasing with slope <= 1, so 1-Lipschitz: a layer
-# then keeps the Lipschitz constant of its (normalised) weights
+# activations of refflow.nn whose slope lies in [-1, 1] (1-Lipschitz; lipswish is not
+# monotone): a layer then keeps the Lipschitz constant of its (normalised) weights
 LIPSCHITZ_ACTIVATIONS = ("tanh", "elu", "lipswish")
 # name -> (activation, derivative), a view of refflow.nn's tables kept for one release
 # (code that read residual.ACTIVATIONS); use refflow.nn.activation / derivative
@@ -156,7 +156,7 @@ class ContractiveResidual:
         on the spectral norm (see Notes).
     biases : tuple of (out,) arrays.
     coeff : float in (0, 1), the bound c on each layer's spectral norm.
-    activation : "tanh", "elu" or "lipswish" (increasing, slope <= 1).
+    activation : "tanh", "elu" or "lipswish" (|slope| <= 1: 1-Lipschitz).
     logdet : "exact" (slogdet of I + J_F, the reference) or "series" (power series).
     terms : int, the number of terms of the "series" log-det.
     tol, max_iter : the fixed-point inverse's error bound and iteration limit.
