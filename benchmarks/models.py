@@ -58,7 +58,7 @@ def refflow_impl(model: str, dim: int, dtype: str, seed: int = 0,
     from refflow.distributions import StandardNormal
     from refflow.elementwise import RationalQuadraticSpline
     from refflow.train import nll
-    from refflow.tree import count_parameters, map_arrays, partition
+    from refflow.tree import count_parameters, map_arrays, partition, ravel_leaves
 
     rng = B.rng(seed)
     orders = ("natural", "reversed")
@@ -99,14 +99,16 @@ def refflow_impl(model: str, dim: int, dtype: str, seed: int = 0,
             z = sample_rng.standard_normal((n, dim), dtype=dtype)
             return flow.push_forward(strict(z))[0]
 
+    # the gradient as refflow.fit takes it: with respect to one flat parameter vector
     leaves, rebuild = partition(flow)
-    grad = autograd.grad(lambda params, x: nll(rebuild(params), x))
+    vector, unravel = ravel_leaves(leaves)
+    grad = autograd.grad(lambda v, x: nll(rebuild(unravel(v)), x))
     return Impl(
         library="refflow",
         n_params=count_parameters(flow),
         prepare=prepare,
         log_prob=flow.log_prob,
-        loss_grad=lambda x: grad(leaves, x),
+        loss_grad=lambda x: grad(vector, x),
         sample=sample,
         sync=_cupy_sync if B.get_backend() == "cupy" else _no_sync,
     )
