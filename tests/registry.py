@@ -26,6 +26,8 @@ class Case:
     atol, rtol : tolerances for round trips and log-dets (float64).
     fd_atol : tolerance for the finite-difference Jacobian comparisons.
     grad : whether parameter gradients are checked against finite differences.
+    context_dim : C > 0 for a conditional bijection: the generic suite then passes a context
+        of shape (N, C) to ``forward``/``inverse`` and checks every property at it.
     """
 
     bijection: Any
@@ -35,6 +37,7 @@ class Case:
     rtol: float = 1e-6
     fd_atol: float = 1e-5
     grad: bool = True
+    context_dim: int = 0
     extra: dict = field(default_factory=dict)
 
 
