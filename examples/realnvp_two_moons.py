@@ -9,7 +9,8 @@ likelihood, then four panels are drawn:
 4. x = f(z): generation pushes them back to the moons.
 
 The lecture writes the map from data to latent as f; refflow's ``forward`` is the generative
-direction (DESIGN.md), so the figure's "z = f(x)" is ``bijection.inverse`` here.
+direction (docs/reading_the_code.rst, "The protocol"), so the figure's "z = f(x)" is
+``bijection.inverse`` here.
 
 Run: ``python examples/realnvp_two_moons.py [--out DIR] [--steps N]`` (about a minute on
 one core); writes ``DIR/realnvp_two_moons.png`` (default ``docs/_static``).

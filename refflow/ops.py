@@ -13,9 +13,8 @@ code needs a gradient that stock autograd gets wrong, it calls one of these inst
   the dtype of the result.
 - ``take(x, index)``, ``x[index]`` for a basic index (integers, slices, ``...``, ``None``):
   autograd's VJP of indexing scatters with ``numpy.add.at``, which is right for any index but
-  about ten times slower than an in-place add for a slice (90 us against 7 us for 4096
-  numbers). A basic index selects every element at most once, so here the gradient is added
-  in place into zeros.
+  many times slower than an in-place add for a slice (docs/performance.md). A basic index
+  selects every element at most once, so here the gradient is added in place into zeros.
 - ``segment(v, start, stop, shape)``, ``v[start:stop]`` of a flat vector reshaped to
   ``shape``, in one autograd node: training cuts its parameter vector into the parameter
   arrays with it (``refflow.tree.ravel_leaves``).
