@@ -22,6 +22,10 @@ why they are composed with non-linear bijections.
 Every class acts on the last axis; all leading axes are batch. In a batch the rows are
 vectors, so x = A z + b reads ``z @ A.T + b``.
 
+None of these maps has a conditioner: ``forward(z, context=None)`` and ``inverse(x,
+context=None)`` accept a context and pass it by (ignore it), so that they sit unchanged
+inside a conditional ``Compose`` (the flow, not each part, checks that a context is wanted).
+
 References
 ----------
 1. G. Papamakarios, E. Nalisnick, D. J. Rezende, S. Mohamed, B. Lakshminarayanan.
@@ -133,12 +137,12 @@ class Affine:
         s = np.exp(rng.uniform(-0.3, 0.3, dim))
         return cls(Q * s, 0.5 * rng.standard_normal(dim))
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         _check_event("z", z, self.b.shape[-1])
         x = z @ self.A.T + self.b
         return x, _batch_constant(z, slogdet(self.A)[1])
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         _check_event("x", x, self.b.shape[-1])
         z = solve(self.A, x - self.b)
         return z, _batch_constant(x, -slogdet(self.A)[1])
@@ -196,12 +200,12 @@ class Diagonal:
         dim = check_int("dim", dim)
         return cls(np.exp(rng.uniform(-0.5, 0.5, dim)), 0.5 * rng.standard_normal(dim))
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         _check_event("z", z, self.scale.shape[-1])
         x = self.scale * z + self.shift
         return x, _batch_constant(z, np.sum(np.log(self.scale)))
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         _check_event("x", x, self.scale.shape[-1])
         z = (x - self.shift) / self.scale
         return z, _batch_constant(x, -np.sum(np.log(self.scale)))
@@ -274,12 +278,12 @@ class Triangular:
         below = xp.tril(0.3 * rng.standard_normal((dim, dim)) / dim**0.5, -1)
         return cls(below + xp.diag(diagonal), 0.5 * rng.standard_normal(dim))
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         _check_event("z", z, self.b.shape[-1])
         x = z @ self.T.T + self.b
         return x, _batch_constant(z, np.sum(np.log(np.abs(_diag(self.T)))))
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         _check_event("x", x, self.b.shape[-1])
         z = solve_triangular(self.T, x - self.b, lower=True)
         return z, _batch_constant(x, -np.sum(np.log(np.abs(_diag(self.T)))))
@@ -380,13 +384,13 @@ class LUAffine:
     def _upper(self):
         return self.U + B.eye_like(self.U) * self.d
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         _check_event("z", z, self.b.shape[-1])
         v = (z @ self._upper().T) @ self.L.T  # (..., D): L U z
         x = v[..., self.perm] + self.b  # P v
         return x, _batch_constant(z, np.sum(np.log(self.d)))
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         _check_event("x", x, self.b.shape[-1])
         v = (x - self.b)[..., np.argsort(self.perm)]  # P^T (x - b)
         w = solve_triangular(self.L, v, lower=True, unit_diagonal=True)
@@ -454,11 +458,11 @@ class Permutation:
         """A uniformly random permutation of 0..dim-1."""
         return cls(rng.permutation(check_int("dim", dim)))
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         _check_event("z", z, self.perm.shape[0])
         return z[..., self.perm], np.zeros_like(z, shape=np.shape(z)[:-1])
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         _check_event("x", x, self.perm.shape[0])
         return x[..., np.argsort(self.perm)], np.zeros_like(x, shape=np.shape(x)[:-1])
 
@@ -499,10 +503,10 @@ class Reverse:
         check_int("dim", dim)
         return cls()
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         check_array("z", z, min_ndim=1, finite=False)
         return z[..., ::-1], np.zeros_like(z, shape=np.shape(z)[:-1])
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         check_array("x", x, min_ndim=1, finite=False)
         return x[..., ::-1], np.zeros_like(x, shape=np.shape(x)[:-1])

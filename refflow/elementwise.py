@@ -140,14 +140,19 @@ class _Elementwise:
             raise ValueError(f"{name}: expected a shape (..., {p_shape[-1]}) that the parameters' "
                              f"shape {p_shape} broadcasts to, got {v_shape}")
 
-    def forward(self, z):
-        """x = h(z) element-wise and log|det J| = sum over the last axis of log h'(z)."""
+    def forward(self, z, context=None):
+        """x = h(z) element-wise and log|det J| = sum over the last axis of log h'(z).
+
+        ``context`` is passed by: an element-wise map has no conditioner (its parameters
+        come from a ``Coupling`` or ``MAF`` conditioner, which sees the context itself).
+        """
         self._check_shape("z", z)
         x, log_d = self._forward(z)
         return x, np.sum(log_d, axis=-1)
 
-    def inverse(self, x):
-        """z = h^{-1}(x) element-wise and log|det J_{f^{-1}}(x)| = -sum log h'(z)."""
+    def inverse(self, x, context=None):
+        """z = h^{-1}(x) element-wise and log|det J_{f^{-1}}(x)| = -sum log h'(z); ``context``
+        is passed by, as in ``forward``."""
         self._check_shape("x", x)
         z, log_d = self._inverse(x)
         return z, -np.sum(log_d, axis=-1)

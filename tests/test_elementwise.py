@@ -463,3 +463,16 @@ def test_float32_spline_round_trip_on_knots():
     # backward error: a float32 rounding of x moves z by ~eps |x| / h'(z)
     assert numpy.all(numpy.abs(zb - z) * g.derivative(z) <= 1e-6)
     assert numpy.allclose(ld, -ld_inv, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_context_is_passed_by(cls):
+    """No conditioner: a context, one row per sample or one shared row, changes no bit."""
+    f = random_transformer(cls, 3, 4)
+    z = B.asarray(numpy.random.default_rng(4).standard_normal((6, 4)))
+    for context in (B.asarray(numpy.ones((6, 2))), B.asarray(numpy.ones(5))):
+        for method in (f.forward, f.inverse):
+            plain = method(z)
+            given_context = method(z, context=context)
+            for a, b in zip(plain, given_context):
+                assert numpy.array_equal(B.to_numpy(a), B.to_numpy(b))
