@@ -10,6 +10,11 @@ RealNVP's y_{1:d} = x_{1:d}; on images (N, H, W, C) this is a channel split) or 
 mask b of the event shape (b = 1 marks z^B: alternating, checkerboard and channel masks).
 The integer split uses contiguous slices, the fast path; a mask multiplies by a fixed array.
 
+A conditional coupling (``init(..., context_dim=C)``) models p(x | c): the context c is one
+more input of the conditioner, x^A = f^(z^A; Theta(z^B, c)), concatenated after z^B (as C
+extra channels, c broadcast over H and W, for images). The Jacobian in z keeps its block
+triangular form for every fixed c, so the log-det is unchanged.
+
 Notes
 -----
 Lecture: "Coupling flows", RealNVP and NICE. The Jacobian is block triangular,
@@ -122,10 +127,55 @@ def _event_shape(dim, minimum: int = 2) -> tuple:
     return (check_int("dim", dim, minimum=minimum),)
 
 
+# ------------------------------------------------------------------------------ context
+
+
+def _context_input(context: Any, z: Any, context_dim: int, event_ndim: int, owner: str) -> Any:
+    r"""The context c laid out as extra conditioner inputs: c at every row (and pixel) of z.
+
+    Parameters
+    ----------
+    context : (..., C) array with the batch shape of z (one row per data row), or (C,)
+        (the same context for every row).
+    z : (..., D) vectors or (..., H, W, ch) images: gives the batch shape and the layout.
+    context_dim : C >= 1, the context dimension the conditioner was built for.
+    event_ndim : 1 for vectors, 3 for images.
+    owner : the class name, for the error message.
+
+    Returns
+    -------
+    (..., C) for vectors, (..., H, W, C) for images (c broadcast over H and W), to be
+    concatenated with z^B on the last axis.
+
+    Notes
+    -----
+    Lecture: "Coupling flows". The context is an input of Theta like z^B, never a parameter:
+    x^A = f^(z^A; Theta(z^B, c)), and for each fixed c the map z -> x is a coupling.
+    """
+    if context is None:
+        raise ValueError(f"context: this {owner} expects a context of dimension {context_dim} "
+                         f"(shape (N, {context_dim}) or ({context_dim},)), got None")
+    check_array("context", context, min_ndim=1, finite=False)
+    z_shape = tuple(np.shape(z))
+    batch = z_shape[: len(z_shape) - event_ndim]
+    shape = tuple(np.shape(context))
+    if shape not in ((context_dim,), batch + (context_dim,)):
+        raise ValueError(f"context: this {owner} expects a context of dimension {context_dim}, "
+                         f"of shape {batch + (context_dim,)} or ({context_dim},); got shape "
+                         f"{shape}")
+    if event_ndim == 1 and shape[:-1] == batch:
+        return context
+    if event_ndim == 3 and len(shape) > 1:
+        context = context[..., None, None, :]  # (..., 1, 1, C)
+    # zeros of z's layout (values not read) spread c over every row and pixel
+    return np.zeros_like(z[..., :1]) + context  # (..., C) or (..., H, W, C)
+
+
 # ------------------------------------------------------------------ the shared split logic
 
 
-def _check_split(split, event_ndim: int) -> None:
+def _check_split(split, event_ndim: int, context_dim: int) -> None:
+    check_int("context_dim", context_dim, minimum=0)
     if event_ndim not in (1, 3):
         raise ValueError(f"event_ndim: expected 1 (vectors) or 3 (images), got {event_ndim}")
     if is_array(split):
@@ -141,7 +191,8 @@ def _check_split(split, event_ndim: int) -> None:
 class _CouplingParts:
     """z -> (conditioning input, transformed part) and back, for a split d or a mask b.
 
-    Subclasses are dataclasses with the static fields ``split`` and ``event_ndim``.
+    Subclasses are dataclasses with the static fields ``split``, ``event_ndim`` and
+    ``context_dim``.
     """
 
     def _axes(self) -> tuple:
@@ -170,6 +221,14 @@ class _CouplingParts:
             raise ValueError(f"{name}: expected more than split = {self.split} coordinates on "
                              f"the last axis, got shape {tuple(np.shape(z))}")
         return z[..., : self.split]  # (..., d)
+
+    def _with_context(self, z_b, z, context):
+        """The conditioner's input: z^B, then the context (none for an unconditional layer,
+        which passes a context by)."""
+        if self.context_dim == 0:
+            return z_b
+        c = _context_input(context, z, self.context_dim, self.event_ndim, type(self).__name__)
+        return np.concatenate([z_b, c], axis=-1)  # (..., d + C)
 
     def _check_output(self, name: str, z, out, per_coordinate: int) -> None:
         """The conditioner's output must hold ``per_coordinate`` numbers per coordinate of z^A:
@@ -243,6 +302,8 @@ class Coupling(_CouplingParts):
         event shape (1 = z^B) (static).
     event_ndim : 1 for vectors (N, D), 3 for images (N, H, W, C) (static).
     static : keyword arguments passed on to ``transformer.from_unconstrained`` (static).
+    context_dim : C > 0 for a conditional coupling, whose conditioner reads (z^B, c): d + C
+        inputs (channels for images); 0 (default) for none (static).
 
     Notes
     -----
@@ -255,7 +316,8 @@ class Coupling(_CouplingParts):
         \log|\det \mathbf{J}_f| = \sum_{i \in A} \log|\hat f_i'(z_i)|
 
     Invertible whenever f^ is, for every theta: Theta is evaluated on z^B = x^B, which the
-    inverse knows. Cost: one conditioner pass plus O(D) in either direction.
+    inverse knows. Cost: one conditioner pass plus O(D) in either direction. Conditional:
+    Theta(z^B, c), the same formulas at each fixed context c.
 
     References
     ----------
@@ -278,9 +340,10 @@ class Coupling(_CouplingParts):
     split: Any = field(default=1, metadata={"static": True})
     event_ndim: int = field(default=1, metadata={"static": True})
     static: dict = field(default_factory=dict, metadata={"static": True})
+    context_dim: int = field(default=0, metadata={"static": True})
 
     def __post_init__(self):
-        _check_split(self.split, self.event_ndim)
+        _check_split(self.split, self.event_ndim, self.context_dim)
         needed = ("from_unconstrained", "num_params", "forward_elementwise",
                   "inverse_elementwise")
         if not all(hasattr(self.transformer, name) for name in needed):
@@ -289,20 +352,24 @@ class Coupling(_CouplingParts):
 
     @classmethod
     def init(cls, rng, dim, transformer: type, static: dict | None = None, split=None,
-             hidden=(32, 32), activation: str = "tanh", zero_last: bool = False) -> Coupling:
-        """A coupling with an MLP (vectors) or ConvNet (images) conditioner, half split default."""
+             hidden=(32, 32), activation: str = "tanh", zero_last: bool = False,
+             context_dim: int = 0) -> Coupling:
+        """A coupling with an MLP (vectors) or ConvNet (images) conditioner, half split default;
+        ``context_dim`` C > 0 adds C inputs (channels) for the context."""
         event_shape = _event_shape(dim)
         split = _default_split(split, event_shape)
         n_in, n_out = _sizes(split, event_shape)
         static = dict(static or {})
         p = transformer.num_params(**static)
-        net = _conditioner(rng, event_shape, n_in, n_out * p, hidden, activation, zero_last)
-        return cls(net, transformer, split, len(event_shape), static)
+        context_dim = check_int("context_dim", context_dim, minimum=0)
+        net = _conditioner(rng, event_shape, n_in + context_dim, n_out * p, hidden, activation,
+                           zero_last)
+        return cls(net, transformer, split, len(event_shape), static, context_dim)
 
-    def _transform(self, name: str, z, inverse: bool):
+    def _transform(self, name: str, z, context, inverse: bool):
         z_b, z_a = self._parts(z, name)
         p = self.transformer.num_params(**self.static)
-        out = self.conditioner(z_b)
+        out = self.conditioner(self._with_context(z_b, z, context))
         self._check_output(name, z, out, p)
         theta = np.reshape(out, z_a.shape + (p,))  # (..., |A|, P)
         h = self.transformer.from_unconstrained(theta, **self.static)
@@ -311,11 +378,11 @@ class Coupling(_CouplingParts):
         x_a, log_d = h.inverse_elementwise(z_a) if inverse else h.forward_elementwise(z_a)
         return self._merge(z, x_a), np.sum(self._active(log_d), axis=self._axes())
 
-    def forward(self, z):
-        return self._transform("z", z, inverse=False)
+    def forward(self, z, context=None):
+        return self._transform("z", z, context, inverse=False)
 
-    def inverse(self, x):
-        return self._transform("x", x, inverse=True)
+    def inverse(self, x, context=None):
+        return self._transform("x", x, context, inverse=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -328,6 +395,7 @@ class AdditiveCoupling(_CouplingParts):
         for a mask.
     split : int d or 0/1 mask of the event shape, 1 = copied (static).
     event_ndim : 1 for vectors, 3 for images (static).
+    context_dim : C > 0 for a conditional coupling, m(z^B, c); 0 (default) for none (static).
 
     Notes
     -----
@@ -358,33 +426,37 @@ class AdditiveCoupling(_CouplingParts):
     conditioner: Any
     split: Any = field(default=1, metadata={"static": True})
     event_ndim: int = field(default=1, metadata={"static": True})
+    context_dim: int = field(default=0, metadata={"static": True})
 
     def __post_init__(self):
-        _check_split(self.split, self.event_ndim)
+        _check_split(self.split, self.event_ndim, self.context_dim)
 
     @classmethod
     def init(cls, rng, dim, split=None, hidden=(32, 32), activation: str = "relu",
-             zero_last: bool = False) -> AdditiveCoupling:
-        """A NICE coupling with a ReLU MLP (vectors) or ConvNet (images), half split default."""
+             zero_last: bool = False, context_dim: int = 0) -> AdditiveCoupling:
+        """A NICE coupling with a ReLU MLP (vectors) or ConvNet (images), half split default;
+        ``context_dim`` C > 0 adds C inputs (channels) for the context."""
         event_shape = _event_shape(dim)
         split = _default_split(split, event_shape)
         n_in, n_out = _sizes(split, event_shape)
-        net = _conditioner(rng, event_shape, n_in, n_out, hidden, activation, zero_last)
-        return cls(net, split, len(event_shape))
+        context_dim = check_int("context_dim", context_dim, minimum=0)
+        net = _conditioner(rng, event_shape, n_in + context_dim, n_out, hidden, activation,
+                           zero_last)
+        return cls(net, split, len(event_shape), context_dim)
 
-    def _shift(self, name: str, z, sign: float):
+    def _shift(self, name: str, z, context, sign: float):
         z_b, z_a = self._parts(z, name)
-        m = self.conditioner(z_b)
+        m = self.conditioner(self._with_context(z_b, z, context))
         self._check_output(name, z, m, 1)
         x_a = z_a + sign * self._active(m)
         batch = z[(Ellipsis,) + (0,) * self.event_ndim]
         return self._merge(z, x_a), np.zeros_like(batch)
 
-    def forward(self, z):
-        return self._shift("z", z, 1.0)
+    def forward(self, z, context=None):
+        return self._shift("z", z, context, 1.0)
 
-    def inverse(self, x):
-        return self._shift("x", x, -1.0)
+    def inverse(self, x, context=None):
+        return self._shift("x", x, context, -1.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -398,6 +470,8 @@ class AffineCoupling(_CouplingParts):
     split : int d or 0/1 mask of the event shape, 1 = copied (static).
     event_ndim : 1 for vectors, 3 for images (static).
     scale_bound : the bound on |s|, or None for s = s_raw (static).
+    context_dim : C > 0 for a conditional coupling, (s, t) = conditioner(z^B, c); 0
+        (default) for none (static).
 
     Notes
     -----
@@ -436,25 +510,30 @@ class AffineCoupling(_CouplingParts):
     split: Any = field(default=1, metadata={"static": True})
     event_ndim: int = field(default=1, metadata={"static": True})
     scale_bound: float | None = field(default=2.0, metadata={"static": True})
+    context_dim: int = field(default=0, metadata={"static": True})
 
     def __post_init__(self):
-        _check_split(self.split, self.event_ndim)
+        _check_split(self.split, self.event_ndim, self.context_dim)
         if self.scale_bound is not None and not self.scale_bound > 0:
             raise ValueError(f"scale_bound: expected a positive bound or None, got "
                              f"{self.scale_bound!r}")
 
     @classmethod
     def init(cls, rng, dim, split=None, hidden=(32, 32), activation: str = "tanh",
-             zero_last: bool = False, scale_bound: float | None = 2.0) -> AffineCoupling:
-        """A RealNVP coupling with an MLP (vectors) or ConvNet (images), half split default."""
+             zero_last: bool = False, scale_bound: float | None = 2.0,
+             context_dim: int = 0) -> AffineCoupling:
+        """A RealNVP coupling with an MLP (vectors) or ConvNet (images), half split default;
+        ``context_dim`` C > 0 adds C inputs (channels) for the context."""
         event_shape = _event_shape(dim)
         split = _default_split(split, event_shape)
         n_in, n_out = _sizes(split, event_shape)
-        net = _conditioner(rng, event_shape, n_in, 2 * n_out, hidden, activation, zero_last)
-        return cls(net, split, len(event_shape), scale_bound)
+        context_dim = check_int("context_dim", context_dim, minimum=0)
+        net = _conditioner(rng, event_shape, n_in + context_dim, 2 * n_out, hidden, activation,
+                           zero_last)
+        return cls(net, split, len(event_shape), scale_bound, context_dim)
 
-    def _couple(self, name: str, v, inverse: bool):
-        out = self.conditioner(self._conditioning(v, name))
+    def _couple(self, name: str, v, context, inverse: bool):
+        out = self.conditioner(self._with_context(self._conditioning(v, name), v, context))
         self._check_output(name, v, out, 2)
         out = self._active(out, halves=2)  # (..., 2 |A|): (s, t)
         # a mask zeroes s and t on z^B, where z exp(0) + 0 = z copies z^B: with the mask
@@ -463,11 +542,11 @@ class AffineCoupling(_CouplingParts):
         u, log_det = affine_coupling(v, out, first, self.scale_bound, inverse)
         return u, self._sum_event(log_det)
 
-    def forward(self, z):
-        return self._couple("z", z, inverse=False)
+    def forward(self, z, context=None):
+        return self._couple("z", z, context, inverse=False)
 
-    def inverse(self, x):
-        return self._couple("x", x, inverse=True)
+    def inverse(self, x, context=None):
+        return self._couple("x", x, context, inverse=True)
 
 
 @replaceable("affine_coupling")
@@ -553,13 +632,15 @@ class Scaling:
         """Scales exp(N(0, 0.1^2)) of the event shape."""
         return cls(np.exp(0.1 * rng.standard_normal(_event_shape(dim, minimum=1))))
 
-    def _log_det(self, z):
-        check_array("z", z, min_ndim=self.scale.ndim, last=self.scale.shape, finite=False)
+    def _log_det(self, name: str, z):
+        check_array(name, z, min_ndim=self.scale.ndim, last=self.scale.shape, finite=False)
         batch = z[(Ellipsis,) + (0,) * self.scale.ndim]
         return np.zeros_like(batch) + np.sum(np.log(self.scale))
 
-    def forward(self, z):
-        return z * self.scale, self._log_det(z)
+    def forward(self, z, context=None):
+        log_det = self._log_det("z", z)  # checks z before the product can raise TypeError
+        return z * self.scale, log_det
 
-    def inverse(self, x):
-        return x / self.scale, -self._log_det(x)
+    def inverse(self, x, context=None):
+        log_det = self._log_det("x", x)
+        return x / self.scale, -log_det

@@ -12,6 +12,10 @@ affine map initialised from data so that its outputs have zero mean and unit var
 invertible 1x1 convolution in place of a fixed channel permutation, and RealNVP's affine
 coupling. A map applied at each of the H * W positions multiplies its log|det| by H * W.
 
+A conditional Glow (``init(..., context_dim=C)``) models p(x | c): the context enters each
+coupling's conv net as C extra input channels, c broadcast over H and W; actnorm, the 1x1
+convolutions and squeeze take a context and pass it by.
+
 References
 ----------
 1. D. P. Kingma, P. Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions.
@@ -148,11 +152,11 @@ class ActNorm:
         per_position = np.sum(np.log(self.scale))
         return _batch_zeros(z, self.event_ndim) + _positions(z, self.event_ndim) * per_position
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         log_det = self._log_det("z", z)
         return z * self.scale + self.loc, log_det
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         log_det = self._log_det("x", x)
         return (x - self.loc) / self.scale, -log_det
 
@@ -171,10 +175,10 @@ class _Probe:
 
     actnorm: ActNorm
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         raise _Reached(self.actnorm, z, "forward")
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         raise _Reached(self.actnorm, x, "inverse")
 
 
@@ -211,7 +215,7 @@ def _standardising(actnorm: ActNorm, h, direction: str, min_scale: float) -> Act
     return ActNorm(-mean / std, 1.0 / std, actnorm.event_ndim)  # data enters through forward
 
 
-def init_from_data(flow: Any, x: Any, min_scale: float = 1e-3) -> Any:
+def init_from_data(flow: Any, x: Any, min_scale: float = 1e-3, context: Any = None) -> Any:
     r"""Glow's data-dependent initialisation: every ActNorm standardises the data reaching it.
 
     Parameters
@@ -221,6 +225,8 @@ def init_from_data(flow: Any, x: Any, min_scale: float = 1e-3) -> Any:
     x : (N, *event_shape) array, a batch of data (the flow's x side).
     min_scale : floor on the per-channel standard deviation, so that a constant channel
         gives a finite scale (its outputs become 0) instead of NaN.
+    context : the context of each row of x, (N, C) or (C,), for a conditional flow (its
+        couplings lie on the data's path to the later ActNorms); None for an unconditional one.
 
     Returns
     -------
@@ -251,10 +257,13 @@ def init_from_data(flow: Any, x: Any, min_scale: float = 1e-3) -> Any:
     while pending:
         probed = _substitute(flow, lambda a: _Probe(a) if id(a) in pending else a)
         try:
-            if isinstance(probed, Flow):
-                probed.bijection.inverse(x)
+            bijection = probed.bijection if isinstance(probed, Flow) else probed
+            # an unconditional call keeps the one-argument protocol, which bijections from
+            # outside refflow may be limited to
+            if context is None:
+                bijection.inverse(x)
             else:
-                probed.inverse(x)
+                bijection.inverse(x, context=context)
         except _Reached as hit:
             new = _standardising(hit.actnorm, hit.h, hit.direction, min_scale)
             flow = _substitute(flow, lambda a, old=hit.actnorm, new=new: new if a is old else a)
@@ -329,11 +338,11 @@ class Invertible1x1Conv:
         per_position = slogdet(self.weight)[1]
         return _batch_zeros(z, self.event_ndim) + _positions(z, self.event_ndim) * per_position
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         log_det = self._log_det("z", z)
         return z @ self.weight.T, log_det
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         log_det = self._log_det("x", x)
         # W^{-1} once (LU with pivoting on C x C), then one product for all pixels
         w_inv = solve(self.weight, B.eye_like(self.weight), columns=True)
@@ -434,11 +443,11 @@ class LUInvertible1x1Conv:
         per_position = np.sum(np.log(self.scale))
         return _batch_zeros(z, self.event_ndim) + _positions(z, self.event_ndim) * per_position
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         log_det = self._log_det("z", z)
         return z @ self.weight().T, log_det
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         log_det = self._log_det("x", x)
         # W^{-1} = U'^{-1} L^{-1} P^T by two triangular solves on the C x C matrix P^T, then
         # one product for all pixels: the solves' O(C) sequential steps run on C x C arrays,
@@ -512,13 +521,13 @@ class Squeeze:
             raise ValueError(f"dim: expected an image shape (H, W, C) with H, W even, got {dim}")
         return cls()
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         check_array("z", z, min_ndim=3, finite=False)
         if z.shape[-3] % 2 or z.shape[-2] % 2:
             raise ValueError(f"z: expected even height and width, got shape {z.shape}")
         return _squeeze(z), _batch_zeros(z, 3)
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         check_array("x", x, min_ndim=3, finite=False)
         if x.shape[-1] % 4:
             raise ValueError(f"x: expected a multiple of 4 channels, got shape {x.shape}")
@@ -536,7 +545,9 @@ class GlowStep:
     ----------
     actnorm : ``ActNorm``.
     conv : ``Invertible1x1Conv`` or ``LUInvertible1x1Conv``.
-    coupling : ``AffineCoupling`` (a channel split with a ``ConvNet`` conditioner).
+    coupling : ``AffineCoupling`` (a channel split with a ``ConvNet`` conditioner); its
+        ``context_dim`` C > 0 makes the step conditional (C extra input channels, c broadcast
+        over H and W), and is the step's ``context_dim``.
 
     Notes
     -----
@@ -550,7 +561,8 @@ class GlowStep:
             + \sum s(z^B)
 
     Invertible as a composition of invertible maps. Cost per image: O(H W C^2) for the
-    1x1 convolution plus the conditioner's O(H W k^2 C h) for h hidden channels.
+    1x1 convolution plus the conditioner's O(H W k^2 C h) for h hidden channels. With a
+    context, s and t are s(z^B, c), t(z^B, c): the same log-det at each fixed c.
 
     References
     ----------
@@ -570,12 +582,19 @@ class GlowStep:
     conv: Any
     coupling: AffineCoupling
 
+    @property
+    def context_dim(self) -> int:
+        """The context dimension C of the coupling (0: unconditional)."""
+        return self.coupling.context_dim
+
     @classmethod
     def init(cls, rng, dim, hidden: int = 32, lu: bool = True, zero_last: bool = False,
-             scale_bound: float = 2.0, activation: str = "relu") -> GlowStep:
+             scale_bound: float = 2.0, activation: str = "relu",
+             context_dim: int = 0) -> GlowStep:
         """A step for images of shape ``dim`` = (H, W, C), C >= 2 (channel split C // 2).
 
-        ``zero_last=True`` starts the coupling at the identity (Glow's choice for training).
+        ``zero_last=True`` starts the coupling at the identity (Glow's choice for training);
+        ``context_dim`` C > 0 gives the coupling's conv net C context channels.
         """
         event_shape = _event_shape(dim)
         if len(event_shape) != 3 or event_shape[-1] < 2:
@@ -585,19 +604,20 @@ class GlowStep:
             ActNorm.init(rng, event_shape),
             conv_cls.init(rng, event_shape),
             AffineCoupling.init(rng, event_shape, hidden=(hidden, hidden), activation=activation,
-                                zero_last=zero_last, scale_bound=scale_bound),
+                                zero_last=zero_last, scale_bound=scale_bound,
+                                context_dim=context_dim),
         )
 
-    def forward(self, z):
-        h, ld_coupling = self.coupling.forward(z)
-        h, ld_conv = self.conv.forward(h)
-        x, ld_act = self.actnorm.forward(h)
+    def forward(self, z, context=None):
+        h, ld_coupling = self.coupling.forward(z, context=context)
+        h, ld_conv = self.conv.forward(h, context=context)
+        x, ld_act = self.actnorm.forward(h, context=context)
         return x, ld_coupling + ld_conv + ld_act
 
-    def inverse(self, x):
-        h, ld_act = self.actnorm.inverse(x)
-        h, ld_conv = self.conv.inverse(h)
-        z, ld_coupling = self.coupling.inverse(h)
+    def inverse(self, x, context=None):
+        h, ld_act = self.actnorm.inverse(x, context=context)
+        h, ld_conv = self.conv.inverse(h, context=context)
+        z, ld_coupling = self.coupling.inverse(h, context=context)
         return z, ld_act + ld_conv + ld_coupling
 
 
@@ -608,7 +628,9 @@ class Glow:
     Parameters
     ----------
     levels : tuple of L tuples of ``GlowStep``; level l acts on the squeezed image of
-        shape (H / 2^(l+1), W / 2^(l+1), C_l) with C_0 = 4C and C_{l+1} = 2 C_l.
+        shape (H / 2^(l+1), W / 2^(l+1), C_l) with C_0 = 4C and C_{l+1} = 2 C_l. Conditional
+        steps must share one context dimension, the flow's ``context_dim``; the context, (N, C)
+        or (C,), is passed to every step.
 
     Notes
     -----
@@ -656,15 +678,25 @@ class Glow:
     def __post_init__(self):
         if not self.levels or not all(len(steps) > 0 for steps in self.levels):
             raise ValueError("levels: expected at least one level, each with at least one step")
+        dims = {step.context_dim for steps in self.levels for step in steps} - {0}
+        if len(dims) > 1:
+            raise ValueError(f"levels: the conditional steps take contexts of different "
+                             f"dimensions {sorted(dims)}; expected one")
+
+    @property
+    def context_dim(self) -> int:
+        """The common context dimension C of the conditional steps (0: unconditional)."""
+        dims = {step.context_dim for steps in self.levels for step in steps} - {0}
+        return dims.pop() if dims else 0
 
     @classmethod
     def init(cls, rng, dim, levels: int = 2, steps: int = 4, hidden: int = 32, lu: bool = True,
              zero_last: bool = False, scale_bound: float = 2.0,
-             activation: str = "relu") -> Glow:
+             activation: str = "relu", context_dim: int = 0) -> Glow:
         """A Glow for images ``dim`` = (H, W, C) with H, W divisible by 2^levels.
 
         Use ``zero_last=True`` for training (every coupling starts at the identity), then
-        ``init_from_data`` to set the ActNorms.
+        ``init_from_data`` to set the ActNorms. ``context_dim`` C > 0 conditions every step.
         """
         h, w, c = _event_shape(dim) if isinstance(dim, (tuple, list)) else (0, 0, 0)
         levels, steps = check_int("levels", levels), check_int("steps", steps)
@@ -676,7 +708,8 @@ class Glow:
             h, w, c = h // 2, w // 2, 4 * c  # after this level's squeeze
             built.append(tuple(
                 GlowStep.init(rng, (h, w, c), hidden=hidden, lu=lu, zero_last=zero_last,
-                              scale_bound=scale_bound, activation=activation)
+                              scale_bound=scale_bound, activation=activation,
+                              context_dim=context_dim)
                 for _ in range(steps)))
             c = c // 2 if level < levels - 1 else c  # the factored-out half leaves
         return cls(tuple(built))
@@ -687,14 +720,14 @@ class Glow:
             raise ValueError(f"{name}: expected H, W divisible by {2 ** len(self.levels)}, "
                              f"got shape {a.shape}")
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         self._check("x", x)
         last = len(self.levels) - 1
         h, total, factored = x, 0.0, []
         for level, steps in enumerate(self.levels):
             h = _squeeze(h)
             for step in steps:
-                h, log_det = step.inverse(h)
+                h, log_det = step.inverse(h, context=context)
                 total = total + log_det
             if level < last:
                 half = h.shape[-1] // 2
@@ -706,7 +739,7 @@ class Glow:
             h = _unsqueeze(h)
         return h, total
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         self._check("z", z)
         last = len(self.levels) - 1
         h, total, factored = z, 0.0, []
@@ -720,7 +753,7 @@ class Glow:
             if level < last:
                 h = np.concatenate([h, factored[level]], axis=-1)
             for step in reversed(self.levels[level]):
-                h, log_det = step.forward(h)
+                h, log_det = step.forward(h, context=context)
                 total = total + log_det
             h = _unsqueeze(h)
         return h, total

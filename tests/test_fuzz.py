@@ -51,14 +51,6 @@ REFUSE = ("wrong_event", "zero_d", "complex", "object", "text", "list", "tensor"
 MAY_WORK = ("nan", "inf", "int", "bool", "empty", "huge", "one_sample")
 KINDS = REFUSE + MAY_WORK
 
-# Cases that fail inside a family module: strict xfails, so each turns into a required pass
-# once the family checks its input's type. Scaling multiplies before its check (coupling.py,
-# Scaling.forward).
-FAMILY_BUGS: dict[tuple[str, str], str] = {
-    (name, kind): f"coupling.py Scaling.forward computes z * scale before checking z: "
-    f"TypeError for a {kind} input"
-    for name in ("Scaling", "Scaling[image]") for kind in ("text", "tensor")
-}
 # refflow/testing (the verifier's module): what check_bijection does with such inputs
 CHECKER_BUGS: dict[str, str] = {
     "complex": "check_bijection drops the imaginary part and reports ok",
@@ -138,9 +130,7 @@ def _case(name: str, seed: int, batch: int):
 def _params():
     for name in NAMES:
         for kind in KINDS:
-            reason = FAMILY_BUGS.get((name, kind))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(name, kind, marks=marks, id=f"{name}-{kind}")
+            yield pytest.param(name, kind, id=f"{name}-{kind}")
 
 
 # no shrinking: a failure is reported as found (shrinking a known family bug costs minutes)
