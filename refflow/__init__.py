@@ -6,6 +6,7 @@ running unchanged on the GPU through CuPy (``refflow.set_backend("cupy")``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from refflow import backend
@@ -31,3 +32,18 @@ for _name in _MODULES:
     for _public in getattr(_module, "__all__", ()):
         globals()[_public] = getattr(_module, _public)
         __all__.append(_public)
+
+
+def _tree_repr(self) -> str:
+    from refflow.tree import describe
+
+    return describe(self)
+
+
+# print(flow) shows the tree of bijections with their static configuration, parameter shapes
+# and counts (refflow.tree.describe), as torch and zuko print modules, instead of every
+# parameter array; the arrays stay one attribute away.
+for _public in tuple(__all__):
+    _obj = globals()[_public]
+    if isinstance(_obj, type) and dataclasses.is_dataclass(_obj):
+        _obj.__repr__ = _tree_repr

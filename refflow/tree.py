@@ -214,18 +214,20 @@ def _describe(obj: Any, label: str, depth: int, lines: list) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         items = value if isinstance(value, (tuple, list)) else None
-        if _is_module(value) or (_is_array(value) and not f.metadata.get("static", False)):
-            children.append((f.name, value))
+        static = f.metadata.get("static", False)
+        if _is_module(value) or (_is_array(value) and not static):
+            children.append((f.name, value, static))
         elif items and any(_is_module(v) or _is_array(v) for v in items):
-            children.extend((f"{f.name}[{i}]", v) for i, v in enumerate(items))
+            children.extend((f"{f.name}[{i}]", v, static) for i, v in enumerate(items))
         else:
             config.append(f"{f.name}={_static_text(value)}")
     lines.append("  ".join([head, *config]))
-    for name, value in children:
+    for name, value, static in children:
         if _is_module(value):
             _describe(value, f"{name}: ", depth + 1, lines)
         else:
-            lines.append(f"{pad}  {name}: {_static_text(value)}")
+            # a static array (a mask, an order) is configuration, not a parameter
+            lines.append(f"{pad}  {name}: {_static_text(value)}{'  (static)' if static else ''}")
 
 
 def describe(obj: Any) -> str:
