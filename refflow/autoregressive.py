@@ -164,7 +164,25 @@ def _order(order: Any, dim: int, rng: Any) -> tuple:
     return perm
 
 
-def _made_masks(order: tuple, hidden: tuple, outputs_per_dim: int, dtype: Any) -> tuple:
+def _check_context(owner: str, context_dim: int, context: Any, batch_shape: tuple) -> None:
+    """ValueError naming ``context`` unless it fits: None for C = 0, else (C,) or batch + (C,)."""
+    if context is None:
+        if context_dim:
+            raise ValueError(f"context: {owner} expects a context of dimension {context_dim} "
+                             f"(shape ({context_dim},) or batch + ({context_dim},)), got None")
+        return
+    shape = tuple(getattr(context, "shape", ()))
+    if not context_dim:
+        raise ValueError(f"context: {owner} takes no context (context_dim 0), got an array of "
+                         f"shape {shape}")
+    check_array("context", context, min_ndim=1, last=context_dim, finite=False)
+    if shape[:-1] not in ((), tuple(batch_shape)):
+        raise ValueError(f"context: expected shape ({context_dim},) or "
+                         f"{tuple(batch_shape) + (context_dim,)}, got {shape}")
+
+
+def _made_masks(order: tuple, hidden: tuple, outputs_per_dim: int, dtype: Any,
+                context_dim: int = 0) -> tuple:
     """MADE's masks from degrees: a unit of degree m sees exactly the inputs of degree <= m.
 
     1. Input j gets degree rank(j) + 1, where rank(j) is its position in ``order``.
@@ -172,6 +190,8 @@ def _made_masks(order: tuple, hidden: tuple, outputs_per_dim: int, dtype: Any) -
        that are not allowed to see it); for D = 1 they get degree 1 and reach no output.
     3. Weights into a hidden unit keep in-degree <= out-degree; weights into the output
        block of coordinate i keep degrees < rank(i) + 1, strictly, so theta_i never sees x_i.
+    4. With a context, every layer gets C more input rows, all ones: c reaches every unit, so
+       theta_i may depend on all of c, and the order constrains x alone.
     """
     dim = len(order)
     rank = [0] * dim
@@ -187,6 +207,9 @@ def _made_masks(order: tuple, hidden: tuple, outputs_per_dim: int, dtype: Any) -
         masks.append((previous[:, None] <= deg_h[None, :]).astype(dtype))
         previous = deg_h
     masks.append((previous[:, None] < deg_out[None, :]).astype(dtype))
+    if context_dim:
+        masks = [B.xp().concatenate([m, B.ones((context_dim, m.shape[1]), dtype=dtype)])
+                 for m in masks]
     return tuple(masks)
 
 
@@ -248,47 +271,77 @@ class MADE:
         if sorted(self.order) != list(range(dim)) or dim == 0:
             raise ValueError(f"order: expected a permutation of 0..D-1, got {self.order!r}")
         check_int("outputs_per_dim", self.outputs_per_dim)
-        n_in, n_out = self.net.weights[0].shape[0], self.net.weights[-1].shape[1]
-        if n_in != dim or n_out != dim * self.outputs_per_dim:
+        weights = self.net.weights
+        n_in, n_out = weights[0].shape[0], weights[-1].shape[1]
+        if n_in < dim or n_out != dim * self.outputs_per_dim:
             raise ValueError(
-                f"net: expected {dim} inputs and {dim * self.outputs_per_dim} outputs, "
-                f"got {n_in} and {n_out}"
+                f"net: expected {dim} inputs (+ C context rows) and "
+                f"{dim * self.outputs_per_dim} outputs, got {n_in} and {n_out}"
             )
+        # the context is an input of every layer: each has the same C extra rows
+        extra = [w.shape[0] - prev.shape[1] for prev, w in zip(weights[:-1], weights[1:])]
+        if any(e != n_in - dim for e in extra):
+            raise ValueError(f"net: expected {n_in - dim} context rows in every layer, got "
+                             f"{[n_in - dim] + extra}")
 
     @property
     def dim(self) -> int:
         return len(self.order)
 
+    @property
+    def context_dim(self) -> int:
+        """C, the size of the context (0: unconditional): the extra input rows of each layer."""
+        return self.net.weights[0].shape[0] - self.dim
+
     @classmethod
     def init(cls, rng: Any, dim: int, hidden: tuple = (64, 64), outputs_per_dim: int = 2,
-             order: Any = "natural", activation: str = "tanh", dtype: Any = None) -> MADE:
+             order: Any = "natural", activation: str = "tanh", dtype: Any = None,
+             context_dim: int = 0) -> MADE:
         """Masks for ``order`` ('natural', 'reversed', 'random' from ``rng``, or a permutation).
 
         Weights are N(0, 1/fan_in) before masking, biases zero; ``hidden`` may be empty
-        (a single masked linear layer).
+        (a single masked linear layer). ``context_dim`` C > 0 adds C unmasked input rows
+        to every layer, the context's weights U_l.
         """
         dim = check_int("dim", dim)
         p = check_int("outputs_per_dim", outputs_per_dim)
+        context_dim = check_int("context_dim", context_dim, minimum=0)
         hidden = tuple(check_int("hidden", h) for h in hidden)
         _activation(activation)
         perm = _order(order, dim, rng)
         dtype = B.xp().float64 if dtype is None else dtype
-        masks = _made_masks(perm, hidden, p, dtype)
+        masks = _made_masks(perm, hidden, p, dtype, context_dim)
         sizes = (dim,) + hidden + (dim * p,)
         weights = tuple(
-            rng.standard_normal((a, b), dtype=dtype) / math.sqrt(a)
+            rng.standard_normal((a + context_dim, b), dtype=dtype) / math.sqrt(a + context_dim)
             for a, b in zip(sizes[:-1], sizes[1:])
         )
         biases = tuple(B.zeros((b,), dtype=dtype) for b in sizes[1:])
         return cls(MaskedMLP(weights, biases, masks, activation), perm, p)
 
-    def __call__(self, x):
+    def conditioned(self, context: Any, batch_shape: tuple = ()) -> MADE:
+        """The unconditional MADE x -> Theta(x; c) at the context c (``self`` when C = 0).
+
+        ``context`` is None for C = 0, else (C,) or ``batch_shape + (C,)``; anything else
+        raises ValueError naming it. Each layer's context term b_l + c U_l is computed here,
+        once: a sequential direction reuses it in its D passes.
+        """
+        _check_context("MADE", self.context_dim, context, batch_shape)
+        if context is None:
+            return self
+        return MADE(self.net.conditioned(context), self.order, self.outputs_per_dim)
+
+    def __call__(self, x, context=None):
+        if context is not None or self.context_dim:
+            return self.conditioned(context, x.shape[:-1])(x)
         h = self.net(x)  # (..., D * P)
         return np.reshape(h, h.shape[:-1] + (self.dim, self.outputs_per_dim))
 
-    def block(self, x, i: int):
-        """theta_i (..., 1, P) alone, equal to ``self(x)[..., i:i + 1, :]``: the hidden layers,
-        then only the P output units of coordinate i."""
+    def block(self, x, i: int, context=None):
+        """theta_i (..., 1, P) alone, equal to ``self(x, context)[..., i:i + 1, :]``: the hidden
+        layers, then only the P output units of coordinate i."""
+        if context is not None or self.context_dim:
+            return self.conditioned(context, x.shape[:-1]).block(x, i)
         p = self.outputs_per_dim
         theta_i = self.net.output_units(self.net.hidden(x), slice(i * p, (i + 1) * p))
         return np.reshape(theta_i, theta_i.shape[:-1] + (1, p))
@@ -317,36 +370,56 @@ class _Autoregressive:
     def __post_init__(self):
         _check_conditioner(self.made, self.transformer, self.options)
 
+    @property
+    def context_dim(self) -> int:
+        """C, the size of the context (0: unconditional), the conditioner's."""
+        return int(getattr(self.made, "context_dim", 0))
+
     @classmethod
     def init(cls, rng: Any, dim: int, hidden: tuple = (64, 64), transformer: Any = None,
              order: Any = "natural", activation: str = "tanh", dtype: Any = None,
-             **options: Any) -> Any:
-        """A MADE conditioner sized for ``transformer`` (default: the lecture's affine map)."""
+             context_dim: int = 0, **options: Any) -> Any:
+        """A MADE conditioner sized for ``transformer`` (default: the lecture's affine map);
+        ``context_dim`` C > 0 makes it read a context c in every layer."""
         p = _params_per_dim(_transformer_class(transformer), options)
-        made = MADE.init(rng, dim, hidden, p, order, activation, dtype)
+        made = MADE.init(rng, dim, hidden, p, order, activation, dtype, context_dim)
         return cls(made, transformer, dict(options))
 
     def _h(self, theta):
         return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
 
-    def _sequential(self, v, inverse: bool):
+    def _conditioner(self, v, context):
+        """The conditioner v -> theta at this context, checked against v's batch shape.
+
+        A MADE folds the context into its biases once (``MADE.conditioned``); another
+        conditioner with a ``context_dim`` is called as ``made(v, context)``.
+        """
+        _check_context(type(self).__name__, self.context_dim, context, v.shape[:-1])
+        if context is None:
+            return self.made
+        if isinstance(self.made, MADE):
+            return self.made.conditioned(context, v.shape[:-1])
+        return lambda u: self.made(u, context)
+
+    def _sequential(self, v, inverse: bool, made: Any):
         """The D-pass direction, u_i = h^{+-1}(v_i; Theta_i(u_<i)), with its log-det.
 
         With a MADE, pass k computes coordinate order[k] alone: its block theta_i and one
         transformer call on (..., 1), a D-fold saving on the output layer and the transformer
         (a spline's softmax and knots). Any other conditioner gets D full passes: after pass
         k the first k coordinates in the order are exact, so the last pass gives all of u and,
-        its theta depending on exact values only, the exact log-det.
+        its theta depending on exact values only, the exact log-det. ``made`` is the
+        conditioner at the context (``_conditioner``): every pass sees the same context.
         """
-        if not isinstance(self.made, MADE):
+        if not isinstance(made, MADE):
             u = np.zeros_like(v)
             for _ in range(v.shape[-1]):
-                u, log_det = _apply(self._h(self.made(u)), v, inverse)
+                u, log_det = _apply(self._h(made(u)), v, inverse)
             return u, log_det
         u, log_det = np.zeros_like(v), 0.0
         columns = B.eye_like(v) > 0                                 # (D, D): column i of u
-        for i in self.made.order:
-            u_i, log_det_i = _apply(self._h(self.made.block(u, i)), v[..., i:i + 1], inverse)
+        for i in made.order:
+            u_i, log_det_i = _apply(self._h(made.block(u, i)), v[..., i:i + 1], inverse)
             u = where(columns[i], u_i, u)
             log_det = log_det + log_det_i
         return u, log_det
@@ -404,13 +477,13 @@ class MAF(_Autoregressive):
     (True, True)
     """
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        return self._sequential(z, inverse=False)
+        return self._sequential(z, False, self._conditioner(z, context))
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        return _apply(self._h(self.made(x)), x, inverse=True)
+        return _apply(self._h(self._conditioner(x, context)(x)), x, inverse=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -460,13 +533,13 @@ class IAF(_Autoregressive):
     True
     """
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         check_array("z", z, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        return _apply(self._h(self.made(z)), z, inverse=False)
+        return _apply(self._h(self._conditioner(z, context)(z)), z, inverse=False)
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         check_array("x", x, min_ndim=1, last=getattr(self.made, "dim", None), finite=False)
-        return self._sequential(x, inverse=True)
+        return self._sequential(x, True, self._conditioner(x, context))
 
 
 @dataclass(frozen=True, eq=False)
@@ -522,31 +595,50 @@ class SlowMAF:
 
     def __post_init__(self):
         p = _params_per_dim(_transformer_class(self.transformer), self.options)
-        check_array("theta_first", self.theta_first, ndim=1, last=p)
+        if isinstance(self.theta_first, MLP):
+            if self.theta_first.weights[-1].shape[1] != p:
+                raise ValueError(f"theta_first: expected an MLP with {p} outputs, got "
+                                 f"{self.theta_first.weights[-1].shape[1]}")
+        else:
+            check_array("theta_first", self.theta_first, ndim=1, last=p)
+        c = self.context_dim
         for i, net in enumerate(self.nets):
             if not isinstance(net, MLP):
                 raise ValueError(f"nets[{i}]: expected a refflow.nn.MLP, got {type(net).__name__}")
             n_in, n_out = net.weights[0].shape[0], net.weights[-1].shape[1]
-            if (n_in, n_out) != (i + 1, p):
+            if (n_in, n_out) != (i + 1 + c, p):
                 raise ValueError(
-                    f"nets[{i}]: expected {i + 1} inputs and {p} outputs, got {n_in} and {n_out}"
+                    f"nets[{i}]: expected {i + 1 + c} inputs and {p} outputs, got {n_in} and "
+                    f"{n_out}"
                 )
 
     @property
     def dim(self) -> int:
         return len(self.nets) + 1
 
+    @property
+    def context_dim(self) -> int:
+        """C, the size of the context: the inputs of ``theta_first`` when it is a network."""
+        if isinstance(self.theta_first, MLP):
+            return int(self.theta_first.weights[0].shape[0])
+        return 0
+
     @classmethod
     def init(cls, rng: Any, dim: int, hidden: tuple = (64,), transformer: Any = None,
-             activation: str = "tanh", dtype: Any = None, **options: Any) -> SlowMAF:
-        """D - 1 independent MLPs with ``hidden`` layers and a zero theta_1."""
+             activation: str = "tanh", dtype: Any = None, context_dim: int = 0,
+             **options: Any) -> SlowMAF:
+        """D - 1 independent MLPs with ``hidden`` layers and a zero theta_1; with
+        ``context_dim`` C > 0, theta_1 is an MLP of c and network i reads (x_<i, c)."""
         dim = check_int("dim", dim)
+        c = check_int("context_dim", context_dim, minimum=0)
         p = _params_per_dim(_transformer_class(transformer), options)
         nets = tuple(
-            MLP.init(rng, (i,) + tuple(hidden) + (p,), activation, dtype=dtype)
+            MLP.init(rng, (i + c,) + tuple(hidden) + (p,), activation, dtype=dtype)
             for i in range(1, dim)
         )
-        return cls(B.zeros((p,), dtype=dtype), nets, transformer, dict(options))
+        first = (MLP.init(rng, (c,) + tuple(hidden) + (p,), activation, dtype=dtype) if c
+                 else B.zeros((p,), dtype=dtype))
+        return cls(first, nets, transformer, dict(options))
 
     @classmethod
     def from_made(cls, made: MADE, transformer: Any = None, **options: Any) -> SlowMAF:
@@ -557,6 +649,10 @@ class SlowMAF:
         """
         if tuple(made.order) != tuple(range(made.dim)):
             raise ValueError(f"made: expected the natural order, got {made.order}")
+        if made.context_dim:
+            # a MADE's context enters every layer, an MLP's input only
+            raise ValueError(f"made: expected an unconditional MADE, got context_dim "
+                             f"{made.context_dim}")
         p, net = made.outputs_per_dim, made.net
         masked = [w * m for w, m in zip(net.weights, net.masks)]
         nets = []
@@ -573,23 +669,34 @@ class SlowMAF:
     def _h(self, theta):
         return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
 
-    def _theta_first(self, y):
+    def _context(self, y, context):
+        """The context as one row per sample, (..., C), or an empty list without one."""
+        _check_context("SlowMAF", self.context_dim, context, y.shape[:-1])
+        return [] if context is None else [context + np.zeros_like(y[..., :1])]
+
+    def _theta_first(self, y, c: list):
+        if c:
+            return self.theta_first(c[0])  # (..., P)
         return self.theta_first + np.zeros_like(y[..., :1])  # (..., P)
 
-    def forward(self, z):
+    def forward(self, z, context=None):
         check_array("z", z, min_ndim=1, last=self.dim, finite=False)
+        c = self._context(z, context)
         columns, log_det = [], 0.0
         for i in range(self.dim):
             # each network must wait for the coordinates before it: D sequential evaluations
-            theta = (self._theta_first(z) if i == 0
-                     else self.nets[i - 1](np.concatenate(columns, axis=-1)))
+            theta = (self._theta_first(z, c) if i == 0
+                     else self.nets[i - 1](np.concatenate(columns + c, axis=-1)))
             x_i, log_det_i = _apply(self._h(theta[..., None, :]), z[..., i:i + 1], False)
             columns.append(x_i)
             log_det = log_det + log_det_i
         return np.concatenate(columns, axis=-1), log_det
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         check_array("x", x, min_ndim=1, last=self.dim, finite=False)
-        thetas = [self._theta_first(x)] + [net(x[..., :i]) for i, net in
-                                           enumerate(self.nets, start=1)]
+        c = self._context(x, context)
+        thetas = [self._theta_first(x, c)] + [
+            net(np.concatenate([x[..., :i]] + c, axis=-1) if c else x[..., :i])
+            for i, net in enumerate(self.nets, start=1)
+        ]
         return _apply(self._h(np.stack(thetas, axis=-2)), x, inverse=True)  # theta (..., D, P)

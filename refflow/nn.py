@@ -258,6 +258,33 @@ class MaskedMLP:
     def __call__(self, x):
         return masked_dense(self.hidden(x), self.weights[-1], self.masks[-1], self.biases[-1])
 
+    def conditioned(self, context) -> MaskedMLP:
+        r"""This network at a fixed context c: the last C rows of each layer fold into its bias.
+
+        A conditional network (MADE with a context) reads [h_{l-1}, c] in every layer l, the
+        last C rows U_l of ``weights[l]`` weighting c. At a given c the layer is
+        h_{l-1} (W_l * M_l) + (b_l + c (U_l * M^c_l)): a masked layer of the same kind whose
+        bias has one row per sample, so the layers (and their fast kernels) run unchanged.
+
+        Parameters
+        ----------
+        context : (..., C) array, one row per sample of the batch or a single (C,) row.
+
+        Returns
+        -------
+        MaskedMLP without the context rows; its biases have shape (..., out).
+        """
+        c = context.shape[-1]
+        rows = [w.shape[0] - c for w in self.weights]  # the inputs that are not the context
+        return MaskedMLP(
+            tuple(w[:n] for w, n in zip(self.weights, rows)),
+            # b + c (U * M^c), one fused masked layer with the identity activation
+            tuple(masked_dense(context, w[n:], m[n:], b)
+                  for w, m, b, n in zip(self.weights, self.masks, self.biases, rows)),
+            tuple(m[:n] for m, n in zip(self.masks, rows)),
+            self.activation,
+        )
+
 
 # ------------------------------------------------------------------ convolutions for images
 
