@@ -11,7 +11,7 @@ from nflows import transforms as N  # noqa: E402
 from nflows.nn.nets import ResidualNet  # noqa: E402
 
 from refflow.testing import check_bijection  # noqa: E402
-from tests.interop.wrappers import flip_sign, nflows_pair, perturb_inverse  # noqa: E402
+from tests.interop.wrappers import flip_sign, nflows_pair, perturb_inverse, sweep_inputs  # noqa: E402
 
 
 def _inputs(dim, n=12, scale=1.5, seed=0):
@@ -81,14 +81,6 @@ def test_broken_negative_branch_fails_log_det():
     assert report.failed == ["log_det"]
 
 
-def _sweep_inputs(dim, n=16, seed=0):
-    """The catalog sweep's inputs: normal rows, every fourth uniform on [-4, 4]^D."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, dim, generator=g, dtype=torch.float64)
-    z[::4] = 4.0 * (2 * torch.rand(n // 4, dim, generator=g, dtype=torch.float64) - 1)
-    return z
-
-
 def test_steep_spline_coupling_and_leaky_relu_are_not_false_alarms():
     # issue 15: both failed inverse_function_theorem with a fixed 2e-3 step (the spline's
     # bins are narrower; the leaky ReLU's inverse slope is 100 and the step straddled 0)
@@ -99,7 +91,7 @@ def test_steep_spline_coupling_and_leaky_relu_are_not_false_alarms():
         for p in spline.parameters():
             p.add_(0.5 * torch.randn_like(p))
     for t in (spline, N.LeakyReLU(negative_slope=0.01)):
-        report = check_bijection(*nflows_pair(t), inputs=_sweep_inputs(2))
+        report = check_bijection(*nflows_pair(t), inputs=sweep_inputs(2))
         assert report.ok, report.table()
 
 
@@ -107,6 +99,6 @@ def test_float32_log_det_of_float64_leaky_relu_does_not_coarsen_the_jacobian():
     # nflows' LeakyReLU returns a float32 log-det for float64 inputs: the log-det checks get
     # float32 tolerances, the map's finite differences keep float64 steps
     report = check_bijection(*nflows_pair(N.LeakyReLU(negative_slope=0.01)),
-                             inputs=_sweep_inputs(2))
+                             inputs=sweep_inputs(2))
     assert report.ok, report.table()
     assert report["inverse_function_theorem"].tol < 1e-8

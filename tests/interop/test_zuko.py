@@ -12,6 +12,7 @@ from tests.interop.wrappers import (  # noqa: E402
     flip_sign,
     perturb_inverse,
     scale_log_det,
+    sweep_inputs,
     zuko_pair,
 )
 
@@ -92,14 +93,6 @@ def test_torch_float32_inputs_are_checked_in_float32():
     assert report.meta["dtype"] == "float32"
 
 
-def _sweep_inputs(dim, n=16, seed=0):
-    """The catalog sweep's inputs: normal rows, every fourth uniform on [-4, 4]^D."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, dim, generator=g, dtype=torch.float64)
-    z[::4] = 4.0 * (2 * torch.rand(n // 4, dim, generator=g, dtype=torch.float64) - 1)
-    return z
-
-
 def test_steep_spline_flow_is_not_a_false_alarm():
     # issue 15: before Ridders steps and autodiff, inverse_function_theorem failed here
     # (|J_inv| in the hundreds; a fixed 2e-3 step wider than the spline's bins)
@@ -109,6 +102,6 @@ def test_steep_spline_flow_is_not_a_false_alarm():
         for p in flow.parameters():
             p.add_(0.5 * torch.randn_like(p))
     for autodiff in (True, False):
-        report = check_bijection(*zuko_pair(flow.transform()), inputs=_sweep_inputs(2),
+        report = check_bijection(*zuko_pair(flow.transform()), inputs=sweep_inputs(2),
                                  autodiff=autodiff)
         assert report.ok, report.table()

@@ -58,3 +58,13 @@ def perturb_inverse(pair, delta=1e-3):
         return z + delta, ld
 
     return forward, g
+
+
+def sweep_inputs(dim, n=16, seed=0):
+    """The sweep's inputs (float64 torch): normal rows, every fourth uniform on [-4, 4]^D."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    z[::4] = 4.0 * (2 * torch.rand(n // 4, dim, generator=g, dtype=torch.float64) - 1)
+    return z
