@@ -25,7 +25,7 @@ from refflow.coupling import (
 )
 from refflow.datasets import moons
 from refflow.distributions import StandardNormal
-from refflow.elementwise import ScalarAffine
+from refflow.elementwise import RationalQuadraticSpline, ScalarAffine
 from refflow.nn import MLP, Conv2d, ConvNet
 from refflow.train import fit, nll
 
@@ -331,3 +331,223 @@ def test_a_wrong_dimension_is_a_value_error_naming_the_argument(cls, masked):
             f.forward(v)
         with pytest.raises(ValueError, match="^x: expected"):
             f.inverse(v)
+
+
+# --------------------------------------------------------------------- conditional couplings
+
+C = 3  # the context dimension of the conditional cases
+
+
+def _conditional(case: str):
+    """(layer, event shape, FD tolerance) of a conditional coupling with C = 3."""
+    rng = B.rng(21)
+    image = (4, 4, 2)
+    spline = {"bins": 4, "bound": 3.0}
+    if case == "affine-split":
+        return AffineCoupling.init(rng, 5, hidden=(8,), context_dim=C), (5,), 1e-6
+    if case == "affine-mask":
+        return AffineCoupling.init(rng, 5, split=alternating_mask(5), hidden=(8,),
+                                   context_dim=C), (5,), 1e-6
+    if case == "additive":
+        return AdditiveCoupling.init(rng, 5, hidden=(8,), activation="tanh",
+                                     context_dim=C), (5,), 1e-6
+    if case == "spline":
+        # knots move with the context: central differences lose ~h across a knot
+        return Coupling.init(rng, 5, RationalQuadraticSpline, static=spline, hidden=(8,),
+                             context_dim=C), (5,), 1e-4
+    if case == "affine-image-checkerboard":
+        return AffineCoupling.init(rng, image, split=checkerboard_mask(image), hidden=(4,),
+                                   context_dim=C), image, 1e-6
+    if case == "coupling-image-split":
+        return Coupling.init(rng, (2, 3, 4), ScalarAffine, split=2, hidden=(4,),
+                             context_dim=C), (2, 3, 4), 1e-6
+    raise AssertionError(case)
+
+
+CONDITIONAL = ["affine-split", "affine-mask", "additive", "spline", "affine-image-checkerboard",
+               "coupling-image-split"]
+
+
+def _fd_log_det(f, z, c, h=1e-6):
+    """log|det| of the central-difference Jacobian of z -> f.forward(z, c), row by row, with
+    NumPy's slogdet: 2 D perturbed copies of one row, each with that row's context."""
+    out = []
+    for zi, ci in zip(z, c):
+        d = zi.size
+        steps = h * numpy.eye(d)
+        rows = numpy.concatenate([zi.reshape(-1) + steps, zi.reshape(-1) - steps])
+        x = B.to_numpy(f.forward(B.asarray(rows.reshape((2 * d,) + zi.shape)),
+                                 B.asarray(numpy.tile(ci, (2 * d, 1))))[0]).reshape(2 * d, d)
+        out.append(numpy.linalg.slogdet((x[:d] - x[d:]) / (2 * h))[1])
+    return numpy.array(out)
+
+
+@pytest.mark.parametrize("case", CONDITIONAL)
+def test_conditional_log_det_and_round_trips_at_a_fixed_context(case):
+    f, shape, tol = _conditional(case)
+    rng = numpy.random.default_rng(22)
+    z, c = rng.standard_normal((4,) + shape), rng.standard_normal((4, C))
+    x, log_det = (B.to_numpy(a) for a in f.forward(B.asarray(z), B.asarray(c)))
+    numpy.testing.assert_allclose(log_det, _fd_log_det(f, z, c), atol=tol)
+    z_back, log_det_inv = (B.to_numpy(a) for a in f.inverse(B.asarray(x), B.asarray(c)))
+    numpy.testing.assert_allclose(z_back, z, atol=1e-12)
+    numpy.testing.assert_allclose(log_det_inv, -log_det, atol=1e-12)
+    # the other direction: x first
+    x0 = rng.standard_normal((4,) + shape)
+    z0, _ = f.inverse(B.asarray(x0), B.asarray(c))
+    numpy.testing.assert_allclose(B.to_numpy(f.forward(z0, B.asarray(c))[0]), x0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONDITIONAL)
+def test_a_context_changes_the_map_and_one_row_broadcasts(case):
+    f, shape, _ = _conditional(case)
+    rng = numpy.random.default_rng(23)
+    z, c = B.asarray(rng.standard_normal((4,) + shape)), rng.standard_normal(C)
+    x1 = B.to_numpy(f.forward(z, B.asarray(c))[0])
+    x2 = B.to_numpy(f.forward(z, B.asarray(c + 1.0))[0])
+    assert numpy.abs(x1 - x2).max() > 1e-3
+    # (C,) is the same context at every row: equal to the repeated (N, C) array
+    for method in (f.forward, f.inverse):
+        one = method(z, B.asarray(c))
+        rows = method(z, B.asarray(numpy.tile(c, (4, 1))))
+        for u, v in zip(one, rows):
+            numpy.testing.assert_allclose(B.to_numpy(u), B.to_numpy(v), rtol=1e-14, atol=1e-14)
+
+
+def test_the_conditioner_reads_z_b_then_the_context():
+    """RealNVP written out with Theta(z^B, c) = conditioner([z^B, c]), vectors and images."""
+    rng = numpy.random.default_rng(24)
+    f, _, _ = _conditional("affine-split")
+    z, c = rng.standard_normal((6, 5)), rng.standard_normal((6, C))
+    out = B.to_numpy(f.conditioner(B.asarray(numpy.concatenate([z[:, :2], c], axis=1))))
+    s, t = 2.0 * numpy.tanh(out[:, :3] / 2.0), out[:, 3:]
+    x, log_det = f.forward(B.asarray(z), B.asarray(c))
+    numpy.testing.assert_allclose(B.to_numpy(x), numpy.concatenate(
+        [z[:, :2], z[:, 2:] * numpy.exp(s) + t], axis=1), atol=1e-13)
+    numpy.testing.assert_allclose(B.to_numpy(log_det), s.sum(1), atol=1e-13)
+    # images: c as C constant channels next to b * z
+    g, shape, _ = _conditional("affine-image-checkerboard")
+    z, c = rng.standard_normal((2,) + shape), rng.standard_normal((2, C))
+    b = B.to_numpy(g.split)
+    planes = numpy.broadcast_to(c[:, None, None, :], (2, 4, 4, C))
+    out = B.to_numpy(g.conditioner(B.asarray(numpy.concatenate([b * z, planes], axis=-1))))
+    s = 2.0 * numpy.tanh(out[..., :2] / 2.0) * (1 - b)
+    t = out[..., 2:] * (1 - b)
+    x, log_det = g.forward(B.asarray(z), B.asarray(c))
+    numpy.testing.assert_allclose(B.to_numpy(x), z * numpy.exp(s) + t, atol=1e-13)
+    numpy.testing.assert_allclose(B.to_numpy(log_det), s.reshape(2, -1).sum(1), atol=1e-13)
+
+
+@pytest.mark.parametrize("case", CONDITIONAL)
+def test_a_missing_or_wrong_context_is_a_value_error(case):
+    f, shape, _ = _conditional(case)
+    assert f.context_dim == C
+    rng = numpy.random.default_rng(25)
+    z = B.asarray(rng.standard_normal((4,) + shape))
+    for method in (f.forward, f.inverse):
+        with pytest.raises(ValueError, match=f"^context: .*expects a context of dimension {C}"):
+            method(z)
+        for bad in ((4, C - 1), (C + 1,), (5, C), (4, 1, C), (2, 2, C)):
+            with pytest.raises(ValueError, match="^context: "):
+                method(z, B.asarray(rng.standard_normal(bad)))
+        with pytest.raises(ValueError, match="^context: "):
+            method(z, (rng.standard_normal((4, C)) + 1j))
+        with pytest.raises(ValueError, match="^context: "):
+            method(z, rng.standard_normal((4, C)).tolist())
+
+
+def test_an_unconditional_coupling_passes_a_context_by_and_context_dim_is_checked():
+    rng = B.rng(26)
+    f = AffineCoupling.init(rng, 4, hidden=(8,))
+    assert f.context_dim == 0
+    z, c = rng.standard_normal((3, 4)), rng.standard_normal((3, 2))
+    for u, v in zip(f.forward(z, context=c), f.forward(z)):
+        numpy.testing.assert_array_equal(B.to_numpy(u), B.to_numpy(v))
+    for cls, extra in ((AffineCoupling, ()), (AdditiveCoupling, ()), (Coupling, (ScalarAffine,))):
+        for bad in (-1, 1.5, "2"):
+            with pytest.raises(ValueError, match="^context_dim: "):
+                cls.init(rng, 4, *extra, context_dim=bad)
+
+
+@pytest.mark.parametrize("case", CONDITIONAL)
+def test_gradients_with_respect_to_the_context_match_finite_differences(case):
+    f, shape, tol = _conditional(case)
+    rng = numpy.random.default_rng(27)
+    z, c = B.asarray(rng.standard_normal((3,) + shape)), rng.standard_normal((3, C))
+    w, v = B.asarray(rng.standard_normal((3,) + shape)), B.asarray(rng.standard_normal(3))
+    dc, h = rng.standard_normal((3, C)), 1e-5
+    for method in (f.forward, f.inverse):
+        def loss(ctx, method=method):
+            u, log_det = method(z, ctx)
+            return autograd.numpy.sum(w * u) + autograd.numpy.sum(v * log_det)
+
+        analytic = float(numpy.sum(B.to_numpy(autograd.grad(loss)(B.asarray(c))) * dc))
+        numeric = float(loss(B.asarray(c + h * dc)) - loss(B.asarray(c - h * dc))) / (2 * h)
+        assert abs(analytic - numeric) <= 10 * tol * max(1.0, abs(numeric)), (analytic, numeric)
+
+
+@pytest.mark.parametrize("case", ["affine-split", "affine-mask", "affine-image-checkerboard"])
+def test_conditional_affine_coupling_fast_layer_equals_its_reference(case):
+    """The kernel reads the conditioner's output only: with a context, fast on and off give the
+    same values and the same gradients in the parameters and in the context."""
+    from refflow import fast
+    from refflow.tree import partition
+
+    f, shape, _ = _conditional(case)
+    rng = numpy.random.default_rng(28)
+    z, c = B.asarray(rng.standard_normal((5,) + shape)), B.asarray(rng.standard_normal((5, C)))
+    leaves, rebuild = partition(f)
+
+    def loss(params, ctx):
+        x, log_det = rebuild(params).inverse(z, ctx)
+        return autograd.numpy.sum(x ** 2) + autograd.numpy.sum(log_det)
+
+    results = {}
+    for flag in (True, False):
+        with fast.enabled(flag):
+            results[flag] = (f.forward(z, c), f.inverse(z, c),
+                             autograd.grad(loss, 0)(leaves, c), autograd.grad(loss, 1)(leaves, c))
+    for a, b in zip(results[True][:2], results[False][:2]):
+        for u, v in zip(a, b):
+            numpy.testing.assert_allclose(B.to_numpy(u), B.to_numpy(v), rtol=1e-12, atol=1e-12)
+    for g_fast, g_ref in zip(results[True][2] + [results[True][3]],
+                             results[False][2] + [results[False][3]]):
+        numpy.testing.assert_allclose(B.to_numpy(g_fast), B.to_numpy(g_ref), rtol=1e-10,
+                                      atol=1e-12)
+
+
+@pytest.mark.standin
+@pytest.mark.parametrize("case", ["affine-split", "affine-mask", "spline",
+                                  "affine-image-checkerboard"])
+def test_conditional_coupling_on_the_strict_stand_in(case):
+    """Forward, inverse and gradients (parameters and context) with StrictArray z and context,
+    (N, C) and (C,), give the NumPy numbers."""
+    from refflow.tree import map_arrays, partition
+    from tests.strict import StrictArray
+
+    f, shape, _ = _conditional(case)
+    f_s = map_arrays(lambda a: StrictArray(B.to_numpy(a)) if B.is_array(a) else a, f)
+    rng = numpy.random.default_rng(29)
+    z, c = rng.standard_normal((3,) + shape), rng.standard_normal((3, C))
+    for ctx in (c, c[0]):
+        for name in ("forward", "inverse"):
+            expected = getattr(f, name)(z, ctx)
+            got = getattr(f_s, name)(StrictArray(z), StrictArray(ctx))
+            for u, v in zip(got, expected):
+                assert isinstance(u, StrictArray)
+                numpy.testing.assert_allclose(u.get(), v, rtol=1e-10, atol=1e-10)
+    w = rng.standard_normal(z.shape)
+    leaves, rebuild = partition(f)
+    leaves_s, rebuild_s = partition(f_s)
+
+    def loss(params, ctx, flow_of, weights, zz):
+        x, log_det = flow_of(params).forward(zz, ctx)
+        return autograd.numpy.sum(weights * x) + autograd.numpy.sum(log_det)
+
+    for argnum in (0, 1):
+        g = autograd.grad(loss, argnum)(leaves, c, rebuild, w, z)
+        g_s = autograd.grad(loss, argnum)(leaves_s, StrictArray(c), rebuild_s, StrictArray(w),
+                                          StrictArray(z))
+        for a, b in zip(g_s if argnum == 0 else [g_s], g if argnum == 0 else [g]):
+            assert isinstance(a, StrictArray)
+            numpy.testing.assert_allclose(a.get(), b, rtol=1e-9, atol=1e-9)
