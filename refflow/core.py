@@ -8,6 +8,11 @@ writes every construction, x = f(z)) and reports the log-determinant of its Jaco
 A ``Flow`` pairs a base density p_z with a bijection f and evaluates the lecture's change of
 variables, p(x) = p_z(f^{-1}(x)) |det J_{f^{-1}}(x)|, in log space.
 
+A conditional flow models p(x | c): every map takes the context c as an input, like z, and
+is a bijection in z for each fixed c, ``forward(z, context)``. A conditional part declares
+its context dimension C (a static field ``context_dim``); parts without a conditioner accept
+a context and pass it by, so the maps of the lecture compose unchanged.
+
 Notes
 -----
 Lecture: "Flow-based Models", the change of variables, the composition theorem and the
@@ -33,25 +38,93 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import autograd.numpy as np
+
 from refflow.checks import check_array, check_int
 from refflow.parallel import rowwise
 
-__all__ = ["Bijection", "Compose", "Inverse", "Flow"]
+__all__ = ["Bijection", "Compose", "Inverse", "Flow", "context_dim_of", "repeat_context"]
+
+
+def context_dim_of(obj: Any) -> int:
+    """The context dimension C of a bijection or distribution: 0 when it takes no context.
+
+    Reads the ``context_dim`` field (or property, for containers such as ``Compose``).
+    """
+    return int(getattr(obj, "context_dim", 0) or 0)
+
+
+def repeat_context(context: Any, samples: int) -> Any:
+    """Each row of an (M, C) context repeated ``samples`` = S times in a row: (M * S, C).
+
+    The way to draw S samples for each of M contexts: ``flow.sample(M * S, rng,
+    context=repeat_context(c, S))`` has rows [c_1] * S + ... + [c_M] * S, so its
+    ``reshape(M, S, *event_shape)`` holds the S samples of context m at index m.
+    Differentiable in ``context`` (autograd's ``repeat``).
+
+    Examples
+    --------
+    >>> import numpy
+    >>> repeat_context(numpy.array([[1.0], [2.0]]), 3)[:, 0].tolist()
+    [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    """
+    check_int("samples", samples)
+    check_array("context", context, ndim=2)
+    return np.repeat(context, samples, axis=0)
+
+
+def _call(method, value, context):
+    # None is never passed on: a bijection written before contexts existed keeps working
+    return method(value) if context is None else method(value, context=context)
+
+
+def _check_context(context: Any, context_dim: int, batch_shape: tuple, owner: str) -> Any:
+    """The context as the parts take it; ValueError naming ``context`` unless it fits.
+
+    A flow with context dimension C takes ``batch_shape + (C,)`` (one row per data row) or
+    ``(C,)`` (one context for every row); a context whose leading axes are all 1 counts as
+    the latter and is returned as (C,). A flow with C = 0 takes none.
+    """
+    if context is None:
+        if context_dim:
+            raise ValueError(f"context: {owner} expects a context of dimension {context_dim} "
+                             f"(shape ({context_dim},) or batch_shape + ({context_dim},)), "
+                             f"got None")
+        return None
+    if not context_dim:
+        raise ValueError(f"context: {owner} takes no context (context_dim 0), got one of "
+                         f"shape {tuple(getattr(context, 'shape', ()))}")
+    check_array("context", context, min_ndim=1)
+    shape = tuple(context.shape)
+    if shape[-1] != context_dim:
+        raise ValueError(f"context: {owner} expects a context of dimension {context_dim} "
+                         f"in its last axis, got shape {shape}")
+    if len(shape) == 1 or shape[:-1] == tuple(batch_shape):
+        return context
+    if all(s == 1 for s in shape[:-1]):
+        return np.reshape(context, (context_dim,))
+    raise ValueError(f"context: expected shape ({context_dim},) or batch_shape + "
+                     f"({context_dim},) = {tuple(batch_shape) + (context_dim,)}: one row "
+                     f"per data row or one for all, got shape {shape}")
 
 
 @runtime_checkable
 class Bijection(Protocol):
     """The protocol every bijection follows: x = f(z) and its inverse, with log-dets.
 
-    ``forward(z)`` returns ``(x, log_det)`` with log_det = log|det df/dz|;
-    ``inverse(x)`` returns ``(z, log_det)`` with log_det = log|det df^{-1}/dx|. The last axis
-    is the event (images: the last three, (H, W, C)); all leading axes are batch and
-    ``log_det`` has the batch shape.
+    ``forward(z, context=None)`` returns ``(x, log_det)`` with log_det = log|det df/dz|;
+    ``inverse(x, context=None)`` returns ``(z, log_det)`` with log_det = log|det df^{-1}/dx|.
+    The last axis is the event (images: the last three, (H, W, C)); all leading axes are
+    batch and ``log_det`` has the batch shape.
+
+    A conditional bijection has ``context_dim`` = C > 0 and needs a context of shape
+    ``batch_shape + (C,)`` or ``(C,)``; the Jacobian and its log-det are taken in z at that
+    fixed context. One with no conditioner accepts a context and ignores it.
     """
 
-    def forward(self, z: Any) -> tuple[Any, Any]: ...
+    def forward(self, z: Any, context: Any = None) -> tuple[Any, Any]: ...
 
-    def inverse(self, x: Any) -> tuple[Any, Any]: ...
+    def inverse(self, x: Any, context: Any = None) -> tuple[Any, Any]: ...
 
 
 @dataclass(frozen=True, eq=False, init=False)
@@ -66,7 +139,9 @@ class Compose:
 
         \log |\det J_f(z_0)| = \sum_{k=1}^K \log |\det J_{f_k}(z_{k-1})|.
 
-    The inverse applies f_K^{-1} first. Cost: the sum of the parts' costs.
+    The inverse applies f_K^{-1} first. Cost: the sum of the parts' costs. A context is
+    passed to every part (f_k(z; c)), and ``context_dim`` is the common C of the conditional
+    parts (two different ones raise ``ValueError``).
 
     Examples
     --------
@@ -91,18 +166,32 @@ class Compose:
                     f"got {type(b).__name__}"
                 )
         object.__setattr__(self, "bijections", tuple(bijections))
+        self.__post_init__()
 
-    def forward(self, z):
+    def __post_init__(self):
+        # also run by ``refflow.load``: parts conditioned on contexts of different sizes
+        # cannot share one context
+        dims = {context_dim_of(b) for b in self.bijections} - {0}
+        if len(dims) > 1:
+            raise ValueError(f"bijections: the conditional parts expect contexts of different "
+                             f"dimensions {sorted(dims)}; a Compose takes one context")
+
+    @property
+    def context_dim(self) -> int:
+        """The common context dimension C of the conditional parts (0: none)."""
+        return max((context_dim_of(b) for b in self.bijections), default=0)
+
+    def forward(self, z, context=None):
         total = 0.0
         for b in self.bijections:
-            z, log_det = b.forward(z)
+            z, log_det = _call(b.forward, z, context)
             total = total + log_det
         return z, total
 
-    def inverse(self, x):
+    def inverse(self, x, context=None):
         total = 0.0
         for b in reversed(self.bijections):
-            x, log_det = b.inverse(x)
+            x, log_det = _call(b.inverse, x, context)
             total = total + log_det
         return x, total
 
@@ -125,11 +214,16 @@ class Inverse:
 
     bijection: Any
 
-    def forward(self, z):
-        return self.bijection.inverse(z)
+    @property
+    def context_dim(self) -> int:
+        """The context dimension of the inverted bijection (0: none)."""
+        return context_dim_of(self.bijection)
 
-    def inverse(self, x):
-        return self.bijection.forward(x)
+    def forward(self, z, context=None):
+        return _call(self.bijection.inverse, z, context)
+
+    def inverse(self, x, context=None):
+        return _call(self.bijection.forward, x, context)
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +232,9 @@ class Flow:
 
     Parameters
     ----------
-    base : a distribution with ``log_prob(z)``, ``sample(n, rng)`` and ``event_shape``.
+    base : a distribution with ``log_prob(z)``, ``sample(n, rng)`` and ``event_shape``; a
+        conditional one (``context_dim`` C > 0) takes ``log_prob(z, context)`` and
+        ``sample(n, rng, context)``.
     bijection : the map f from latent z to data x.
 
     Notes
@@ -150,9 +246,26 @@ class Flow:
         \log p_x(x) = \log p_z(f^{-1}(x)) + \log |\det J_{f^{-1}}(x)|,
         \qquad \log p_x(f(z)) = \log p_z(z) - \log |\det J_f(z)|.
 
+    **Conditional flows.** With a context c (a bijection or base with ``context_dim`` C > 0)
+    the flow is the conditional density p(x | c): for each fixed c, x = f(z; c) is a
+    bijection in z and
+
+    .. math::
+
+        \log p(x \mid c) = \log p_z(f^{-1}(x; c) \mid c) + \log |\det J_{f^{-1}}(x; c)|,
+
+    the Jacobian taken in x only (c is an input, not a variable of the change of variables).
+    Every method takes ``context``: shape ``batch_shape + (C,)`` (one row per data row or
+    sample) or ``(C,)`` (one context for all rows). A context for a flow that takes none, a
+    missing one, a wrong C, or a row count that matches neither the data nor 1, raises
+    ``ValueError`` naming ``context``. To draw S samples for each of M contexts, repeat each
+    row S times (``repeat_context``) and reshape: ``sample(M * S, rng,
+    context=repeat_context(c, S)).reshape(M, S, *event_shape)``.
+
     The rows of a batch are independent, so ``log_prob`` and ``push_forward`` are marked
     ``@rowwise``: a large batch is evaluated in row blocks, to bound memory, and over threads
-    when ``refflow.set_threads`` asks for it (``refflow.parallel``). The result is the same.
+    when ``refflow.set_threads`` asks for it (``refflow.parallel``); the context rows travel
+    with their data rows. The result is the same.
 
     Examples
     --------
@@ -168,30 +281,65 @@ class Flow:
     base: Any
     bijection: Any
 
+    def __post_init__(self):
+        dims = {context_dim_of(self.base), context_dim_of(self.bijection)} - {0}
+        if len(dims) > 1:
+            raise ValueError(f"base: expects a context of dimension {context_dim_of(self.base)}"
+                             f" but the bijection one of {context_dim_of(self.bijection)}")
+
     @property
     def event_shape(self) -> tuple:
         return self.base.event_shape
 
-    @rowwise
-    def log_prob(self, x):
-        """log p(x) = log p_z(f^{-1}(x)) + log|det J_{f^{-1}}(x)|; x: (..., *event_shape)."""
-        check_array("x", x, min_ndim=len(self.event_shape), last=self.event_shape)
-        z, log_det = self.bijection.inverse(x)
-        return self.base.log_prob(z) + log_det
+    @property
+    def context_dim(self) -> int:
+        """The dimension C of the context this flow is conditioned on (0: unconditional)."""
+        return max(context_dim_of(self.base), context_dim_of(self.bijection))
 
-    def sample(self, n: int, rng):
-        """n samples x = f(z), z ~ p_z, as an (n, *event_shape) array."""
-        x, _ = self.sample_and_log_prob(n, rng)
+    def _context(self, context: Any, value: Any) -> Any:
+        if context is None and not self.context_dim:
+            return None
+        batch_shape = tuple(value.shape[: len(value.shape) - len(self.event_shape)])
+        return _check_context(context, self.context_dim, batch_shape, "this flow")
+
+    def _base_log_prob(self, z, context):
+        return _call(self.base.log_prob, z, context if context_dim_of(self.base) else None)
+
+    @rowwise
+    def log_prob(self, x, context=None):
+        """log p(x | c) = log p_z(f^{-1}(x; c)) + log|det J_{f^{-1}}(x; c)|.
+
+        x: (..., *event_shape); context: ``None``, (C,) or (..., C) with x's batch shape.
+        """
+        check_array("x", x, min_ndim=len(self.event_shape), last=self.event_shape)
+        context = self._context(context, x)
+        z, log_det = _call(self.bijection.inverse, x, context)
+        return self._base_log_prob(z, context) + log_det
+
+    def sample(self, n: int, rng, context=None):
+        """n samples x = f(z; c), z ~ p_z, as an (n, *event_shape) array.
+
+        context: ``None``, (C,) for all samples, or (n, C), one row per sample.
+        """
+        x, _ = self.sample_and_log_prob(n, rng, context)
         return x
 
-    def sample_and_log_prob(self, n: int, rng):
+    def sample_and_log_prob(self, n: int, rng, context=None):
         """n samples and their log-densities in one pass (the reparameterisation trick)."""
         check_int("n", n)
-        z = self.base.sample(n, rng)
-        return self.push_forward(z)
+        context = _check_context(context, self.context_dim, (n,), "this flow")
+        if context_dim_of(self.base):
+            z = self.base.sample(n, rng, context)
+        else:
+            z = self.base.sample(n, rng)
+        return self.push_forward(z, context)
 
     @rowwise(sequential=True)
-    def push_forward(self, z):
-        """x = f(z) and log p(x) = log p_z(z) - log|det J_f(z)|; z: (..., *event_shape)."""
-        x, log_det = self.bijection.forward(z)
-        return x, self.base.log_prob(z) - log_det
+    def push_forward(self, z, context=None):
+        """x = f(z; c) and log p(x | c) = log p_z(z | c) - log|det J_f(z; c)|.
+
+        z: (..., *event_shape); context as in ``log_prob``.
+        """
+        context = self._context(context, z)
+        x, log_det = _call(self.bijection.forward, z, context)
+        return x, self._base_log_prob(z, context) - log_det

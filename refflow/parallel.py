@@ -362,22 +362,32 @@ def map_batch(fn: Callable, *arrays: Any, min_rows: int | None = None,
 
 
 def rowwise(method: Callable | None = None, *, sequential: bool = False) -> Callable:
-    """Mark a flow method ``method(self, x)`` whose rows are independent; see ``map_batch``.
+    """Mark a flow method ``method(self, x, context=None)`` whose rows are independent.
 
-    ``self`` must have ``event_shape``: an ``x`` with no batch axis is passed as it is.
-    ``sequential=True`` says that the method makes many small NumPy calls per block
-    (sequential passes, as MAF sampling does), so a thread split pays only from twice the
-    rows per thread.
+    See ``map_batch``. ``self`` must have ``event_shape``: an ``x`` with no batch axis is
+    passed as it is. A ``context`` with one row per row of ``x`` (the same leading axis) is
+    cut into the same row blocks as ``x``; any other context (one row for all, ``(C,)``, or
+    a shape the method will reject) is passed whole to every block, and searched for traced
+    arrays like the flow. ``sequential=True`` says that the method makes many small NumPy
+    calls per block (sequential passes, as MAF sampling does), so a thread split pays only
+    from twice the rows per thread.
     """
 
     def mark(method: Callable) -> Callable:
         @functools.wraps(method)
-        def by_rows(self, x):
+        def by_rows(self, x, context=None):
             if len(getattr(x, "shape", ())) <= len(self.event_shape):
-                return method(self, x)
+                return method(self, x, context)
             min_rows = 2 * SPLIT_MIN_ROWS if sequential else SPLIT_MIN_ROWS
-            return map_batch(functools.partial(method, self), x, min_rows=min_rows,
-                             params=self)
+            if context is None:
+                return map_batch(functools.partial(method, self), x, min_rows=min_rows,
+                                 params=self)
+            shape = getattr(context, "shape", ())
+            if len(shape) >= 2 and shape[0] == x.shape[0]:
+                return map_batch(functools.partial(method, self), x, context,
+                                 min_rows=min_rows, params=self)
+            return map_batch(lambda block: method(self, block, context), x,
+                             min_rows=min_rows, params=(self, context))
 
         return by_rows
 

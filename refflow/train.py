@@ -21,6 +21,13 @@ applications, density estimation and variational inference with the ELBO.
         \log \tilde p(f_\theta(\epsilon)) - \log p_\epsilon(\epsilon)
         + \log|\det J_{f_\theta}(\epsilon)|\big]
 
+**Conditional flows** (``context_dim`` C > 0) train the same objectives given a context:
+``fit(flow, x, context=c)`` minimises -(1/|S|) sum log p_theta(x | c) over (x, c) pairs (the
+rows of ``c`` batched with those of ``x``), and ``fit_vi(flow, log_target, context=x)``
+trains an amortised posterior q_theta(z | x) for every observation x at once (Kingma &
+Welling's amortisation, with a flow as q): the mean over x of ELBO(x) =
+E_{q(z | x)}[log p(x, z) - log q(z | x)].
+
 The flow is rebuilt from its unconstrained parameters inside each loss
 (``refflow.tree.partition``), so no gradient step can leave the set of valid bijections.
 The optimiser is written here because autograd's own starts from NumPy arrays and would not
@@ -52,6 +59,7 @@ from autograd.differential_operators import grad_and_aux
 
 from refflow import backend as B
 from refflow.checks import check_array, check_int, check_real
+from refflow.core import context_dim_of, repeat_context
 from refflow.tree import partition, ravel_leaves
 
 __all__ = ["Adam", "fit", "fit_vi", "elbo", "nll", "learning_rate"]
@@ -95,9 +103,14 @@ class Adam:
         return new, {"m": m, "v": v, "t": t}
 
 
-def nll(flow: Any, x: Any) -> Any:
-    """The lecture's L(S) = -(1/|S|) sum log p(x) on a batch (a sum / n: no float64 creep)."""
-    return -np.sum(flow.log_prob(x)) / x.shape[0]
+def nll(flow: Any, x: Any, context: Any = None) -> Any:
+    """The lecture's L(S) = -(1/|S|) sum log p(x) on a batch (a sum / n: no float64 creep).
+
+    With a ``context`` ((N, C) or (C,)), the conditional NLL -(1/N) sum log p(x_i | c_i).
+    """
+    if context is None:
+        return -np.sum(flow.log_prob(x)) / x.shape[0]
+    return -np.sum(flow.log_prob(x, context)) / x.shape[0]
 
 
 def learning_rate(schedule: str | Callable[[int], float], lr: float, step: int,
@@ -145,6 +158,19 @@ def _host_floats(values: list) -> list:
     return [float(v) for v in B.to_numpy(B.xp().stack([B.xp().asarray(v) for v in values]))]
 
 
+def _gradient_step(value_and_grads: Callable, params: list, state: dict, opt: Adam,
+                   rate: float, clip_norm: float | None, *args: Any) -> tuple:
+    """One optimiser step: ``value, grads = value_and_grads(params, *args)``, clip, Adam.
+
+    The one gradient step of ``fit`` and ``fit_vi`` (and of data-parallel training, whose
+    ``value_and_grads`` gathers the gradients of its parts). Returns ``(params, state,
+    value, grads)``; the value and gradients stay on the device.
+    """
+    value, grads = value_and_grads(params, *args)
+    params, state = opt.step(params, _clip(grads, clip_norm), state, lr=rate)
+    return params, state, value, grads
+
+
 def _check_finite_step(value: float, grads: list, step: int, what: str) -> None:
     """Raise ``FloatingPointError`` when the objective or a gradient is NaN or infinite.
 
@@ -184,10 +210,16 @@ def _progress_bar(progress: bool | None, steps: int, desc: str):
     return tqdm(total=steps, desc=desc, leave=False)
 
 
-def _split(data, validation, rng):
-    """(train, held-out) from a fraction of ``data`` or an explicit held-out array."""
+def _split(arrays: tuple, validation, rng):
+    """(train, held-out), each a tuple like ``arrays`` (the data, and its context rows).
+
+    ``validation`` is a fraction of the rows held out at random (one permutation for all
+    arrays, so a context row stays with its data row) or explicit held-out arrays: the data
+    alone, or ``(data, context)`` when ``arrays`` has a context.
+    """
+    data = arrays[0]
     if validation is None:
-        return data, None
+        return arrays, None
     if isinstance(validation, float):
         n = data.shape[0]
         n_val = int(round(validation * n))
@@ -196,21 +228,57 @@ def _split(data, validation, rng):
                 f"validation: expected a fraction in (0, 1) leaving at least one sample on "
                 f"each side of the split of {n} samples, got {validation!r}"
             )
-        shuffled = data[rng.permutation(n)]
-        return shuffled[n_val:], shuffled[:n_val]
-    check_array("validation", validation, ndim=len(data.shape), last=tuple(data.shape[1:]))
-    if validation.shape[0] < 1:
-        raise ValueError("validation: expected at least one held-out sample")
-    return data, validation
+        order = rng.permutation(n)
+        shuffled = tuple(a[order] for a in arrays)
+        return (tuple(a[n_val:] for a in shuffled), tuple(a[:n_val] for a in shuffled))
+    held = tuple(validation) if isinstance(validation, (tuple, list)) else (validation,)
+    if len(held) != len(arrays):
+        raise ValueError("validation: expected (data, context) held-out arrays for a "
+                         "conditional fit" if len(arrays) > 1 else
+                         "validation: expected a fraction or one held-out data array")
+    for name, h, a in zip(("validation", "validation context"), held, arrays):
+        check_array(name, h, ndim=len(a.shape), last=tuple(a.shape[1:]))
+    if held[0].shape[0] < 1 or any(h.shape[0] != held[0].shape[0] for h in held):
+        raise ValueError("validation: expected at least one held-out sample, and one context "
+                         "row per held-out row")
+    return arrays, held
 
 
 def _batches(data, batch_size: int, rng):
-    """Endless mini-batches: each epoch one permutation, then contiguous slices of it."""
-    n = data.shape[0]
+    """Endless mini-batches: each epoch one permutation, then contiguous slices of it.
+
+    ``data`` is an array, or a tuple of arrays with the same rows (data and context), which
+    share each epoch's permutation and are yielded as a tuple.
+    """
+    arrays = data if isinstance(data, tuple) else (data,)
+    n = arrays[0].shape[0]
     while True:
-        shuffled = data[rng.permutation(n)] if batch_size < n else data
+        if batch_size < n:
+            order = rng.permutation(n)
+            shuffled = tuple(a[order] for a in arrays)
+        else:
+            shuffled = arrays
         for start in range(0, n - batch_size + 1, batch_size):
-            yield shuffled[start:start + batch_size]
+            block = tuple(a[start:start + batch_size] for a in shuffled)
+            yield block if isinstance(data, tuple) else block[0]
+
+
+def _check_context_rows(flow: Any, context: Any, rows: int, what: str) -> Any:
+    """ValueError naming ``context`` unless it is None for an unconditional flow, or (rows, C)
+    for a flow conditioned on C numbers."""
+    c = context_dim_of(flow)
+    if context is None:
+        if c:
+            raise ValueError(f"context: the flow expects a context of dimension {c}, one row "
+                             f"per {what}, got None")
+        return None
+    if not c:
+        raise ValueError("context: the flow takes no context (context_dim 0)")
+    check_array("context", context, ndim=2, last=c)
+    if rows is not None and context.shape[0] != rows:
+        raise ValueError(f"context: expected one row per {what} ({rows}), got "
+                         f"{context.shape[0]}")
+    return context
 
 
 def _flat_parameters(flow: Any) -> tuple[list, Callable[[list], Any]]:
@@ -229,7 +297,7 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
         rng: Any = None, *, validation: float | Any = None, patience: int | None = None,
         eval_every: int = 50, schedule: str | Callable[[int], float] = "constant",
         clip_norm: float | None = None, callback: Callable[..., Any] | None = None,
-        progress: bool | None = None) -> tuple[Any, dict]:
+        progress: bool | None = None, context: Any = None) -> tuple[Any, dict]:
     r"""Fit ``flow`` to ``data`` by maximum likelihood: Adam on mini-batches of the NLL.
 
     Parameters
@@ -242,8 +310,9 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     lr : Adam's (peak) learning rate.
     rng : ``refflow.backend.rng(seed)``: the split and the batches; one seed, one result.
     validation : ``None``, a fraction in (0, 1) of ``data`` held out at random, or a
-        held-out array. With it, the validation NLL is measured every ``eval_every`` steps
-        and the parameters with the best one are returned (early stopping).
+        held-out array (with ``context``: a pair ``(data, context)``). With it, the
+        validation NLL is measured every ``eval_every`` steps and the parameters with the
+        best one are returned (early stopping).
     patience : stop after this many evaluations without a better validation NLL
         (``None``: never stop early).
     eval_every : steps between evaluations (validation, history floats, callback).
@@ -252,6 +321,9 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     callback : ``callback(step, flow, history)`` at every evaluation; returning ``True``
         stops training.
     progress : a tqdm bar; ``None`` shows it only when stderr is a terminal.
+    context : (N, C) array, row i the context of ``data[i]``, for a conditional flow: the
+        NLL is then -(1/|B|) sum log p(x | c) over the batch's (x, c) pairs (each batch and
+        the validation split take the same rows of both).
 
     Returns
     -------
@@ -262,13 +334,15 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
 
     Raises
     ------
-    ValueError : bad arguments or data (wrong shape, NaN, complex, not an array).
+    ValueError : bad arguments or data (wrong shape, NaN, complex, not an array), a
+        context missing for a conditional flow or given to an unconditional one.
     FloatingPointError : the NLL or a gradient became NaN or infinite (checked at every
         evaluation).
 
     Notes
     -----
-    Lecture: "MLE problem". Minimises L(S) = -(1/|S|) sum_{x in S} log p_theta(x).
+    Lecture: "MLE problem". Minimises L(S) = -(1/|S|) sum_{x in S} log p_theta(x), or
+    -(1/|S|) sum_{(x, c) in S} log p_theta(x | c) with a context.
     Cost per step: one ``log_prob`` and its gradient on a batch.
 
     Examples
@@ -290,13 +364,16 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     check_array("data", data, ndim=1 + len(event_shape), last=event_shape)
     if data.shape[0] < 1:
         raise ValueError("data: expected at least one sample")
-    train, held_out = _split(data, validation, rng)
+    context = _check_context_rows(flow, context, data.shape[0], "data row")
+    arrays = (data,) if context is None else (data, context)
+    train, held_out = _split(arrays, validation, rng)
 
     params, rebuild = _flat_parameters(flow)
     opt = Adam(lr=lr)
     state = opt.init(params)
-    loss_and_grad = value_and_grad(lambda p, xb: nll(rebuild(p), xb))
-    batches = _batches(train, min(batch_size, train.shape[0]), rng)
+    loss_and_grad = value_and_grad(lambda p, *batch: nll(rebuild(p), *batch))
+    size = min(batch_size, train[0].shape[0])
+    batches = _batches(train, size, rng)
     history: dict[str, Any] = {"loss": [], "step": [], "val_nll": [], "lr": [],
                                "best_step": None, "best_val_nll": None, "stopped_early": False}
     history["train_nll"] = history["loss"]
@@ -306,8 +383,8 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     try:
         for step in range(1, steps + 1):
             rate = learning_rate(schedule, lr, step - 1, steps)
-            loss, grads = loss_and_grad(params, next(batches))
-            params, state = opt.step(params, _clip(grads, clip_norm), state, lr=rate)
+            params, state, loss, grads = _gradient_step(loss_and_grad, params, state, opt, rate,
+                                                        clip_norm, *next(batches))
             pending.append(loss)
             if bar is not None:
                 bar.update(1)
@@ -320,7 +397,7 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
             history["lr"].append(rate)
             current = rebuild(params)
             if held_out is not None:
-                val = float(B.to_numpy(nll(current, held_out)))
+                val = float(B.to_numpy(nll(current, *held_out)))
                 history["val_nll"].append(val)
                 if val < best:
                     best, best_params, waited = val, params, 0
@@ -339,13 +416,18 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     return rebuild(best_params if held_out is not None else params), history
 
 
-def _check_target(flow, log_target, rng):
+def _check_target(flow, log_target, rng, context=None):
     if not callable(log_target):
         raise ValueError(f"log_target: expected a callable z -> log p~(z), got {log_target!r}")
     if not hasattr(flow, "sample_and_log_prob"):
         raise ValueError(f"flow: expected a refflow.Flow, got {type(flow).__name__}")
-    z, _ = flow.sample_and_log_prob(2, rng)
-    out = check_real("log_target", log_target(z))
+    if context is None:
+        z, _ = flow.sample_and_log_prob(2, rng)
+        out = check_real("log_target", log_target(z))
+    else:
+        pair = repeat_context(context[:1], 2)
+        z, _ = flow.sample_and_log_prob(2, rng, pair)
+        out = check_real("log_target", log_target(z, pair))
     if tuple(out.shape) != (2,):
         raise ValueError(
             f"log_target: expected one log-density per sample, shape (n,), got shape "
@@ -353,40 +435,58 @@ def _check_target(flow, log_target, rng):
         )
 
 
-def _elbo_terms(flow, log_target, n, rng):
-    """log p~(z) - log q(z) for n reparameterised draws z ~ q: the ELBO's integrand."""
-    z, log_q = flow.sample_and_log_prob(n, rng)
-    return log_target(z) - log_q
+def _elbo_terms(flow, log_target, n, rng, context=None):
+    """log p~(z) - log q(z) for n reparameterised draws z ~ q: the ELBO's integrand.
+
+    With a context (n, C), draw i is z_i ~ q(z | c_i), scored by log_target(z, context).
+    """
+    if context is None:
+        z, log_q = flow.sample_and_log_prob(n, rng)
+        return log_target(z) - log_q
+    z, log_q = flow.sample_and_log_prob(n, rng, context)
+    return log_target(z, context) - log_q
 
 
 def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: Any = None,
            batch_size: int = 256, lr: float = 1e-3, *, anneal_steps: int = 0,
            eval_every: int = 50, schedule: str | Callable[[int], float] = "constant",
            clip_norm: float | None = None, callback: Callable[..., Any] | None = None,
-           progress: bool | None = None) -> tuple[Any, dict]:
+           progress: bool | None = None, context: Any = None,
+           samples_per_context: int = 1) -> tuple[Any, dict]:
     r"""Variational inference: maximise ELBO = E_q[log p~(z) - log q(z)] over the flow q.
 
     Parameters
     ----------
     flow : ``refflow.Flow``, the variational density q.
     log_target : z (n, *event_shape) -> (n,), the unnormalised log-density log p~(z)
-        (for an energy U: ``lambda z: -U(z)``).
+        (for an energy U: ``lambda z: -U(z)``). With ``context``:
+        ``log_target(z, context)``, z (n, *event_shape) and context (n, C), row i the
+        observation that z_i was drawn for, -> (n,), the unnormalised log p(x_i, z_i).
     steps, rng, batch_size, lr : gradient steps, ``refflow.backend.rng(seed)``, Monte
-        Carlo samples per step, Adam's learning rate.
+        Carlo samples per step (with ``context``: context rows per step), Adam's learning
+        rate.
     anneal_steps : the target's weight beta rises linearly from 0.01 to 1 over this many
         steps (Rezende & Mohamed's annealed free energy; 0: no annealing). Helps q find
         every mode before committing to one.
     eval_every, schedule, clip_norm, callback, progress : as in ``fit``.
+    context : (M, C) array, for amortised VI with a conditional q(z | x): one row per
+        observation x (the observation itself, or features of it). Each step takes
+        ``min(batch_size, M)`` rows (a fresh permutation each epoch, as ``fit``'s batches)
+        and draws ``samples_per_context`` = S samples z ~ q(z | x) for each, so the step
+        averages batch_size * S terms of the ELBO of those observations.
+    samples_per_context : S, draws per context row and step (only with ``context``).
 
     Returns
     -------
     flow : the trained q.
-    history : dict; ``"elbo"``: the Monte Carlo ELBO (beta = 1) of every step's samples;
-        ``"step"``, ``"lr"`` per evaluation.
+    history : dict; ``"elbo"``: the Monte Carlo ELBO (beta = 1) of every step's samples
+        (with ``context``: its mean over the step's observations); ``"step"``, ``"lr"`` per
+        evaluation.
 
     Raises
     ------
-    ValueError : bad arguments, a ``log_target`` that does not give one value per sample.
+    ValueError : bad arguments, a ``log_target`` that does not give one value per sample, a
+        context missing for a conditional q or given to an unconditional one.
     FloatingPointError : the ELBO estimate or a gradient became NaN or infinite (checked at
         every evaluation, as in ``fit``).
 
@@ -404,6 +504,10 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
         \mathrm{ELBO} = \mathbb{E}_{q}[\log \tilde p(z) - \log q(z)]
         = \log Z - \mathrm{KL}(q \,\|\, p)
 
+    Amortised (with ``context``): one q_theta(z | x) for all observations, maximising
+    (1/M) sum_m E_{q(z | x_m)}[log p(x_m, z) - log q(z | x_m)] =
+    (1/M) sum_m [log p(x_m) - KL(q(. | x_m) || p(. | x_m))].
+
     Examples
     --------
     >>> import numpy
@@ -416,20 +520,36 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
     """
     _check_common(steps, batch_size, lr, rng, clip_norm, eval_every, schedule)
     check_int("anneal_steps", anneal_steps, minimum=0)
-    _check_target(flow, log_target, rng)
+    check_int("samples_per_context", samples_per_context)
+    context = _check_context_rows(flow, context, None, "observation")
+    if context is None and samples_per_context != 1:
+        raise ValueError("samples_per_context: draws per context row, only with a context; "
+                         "without one, batch_size is the number of draws")
+    _check_target(flow, log_target, rng, context)
 
     params, rebuild = _flat_parameters(flow)
     opt = Adam(lr=lr)
     state = opt.init(params)
 
-    def loss(p, beta):
-        z, log_q = rebuild(p).sample_and_log_prob(batch_size, rng)
-        log_p = log_target(z)
+    def loss(p, beta, rows=None):
+        if rows is None:
+            n, terms_context = batch_size, None
+        else:
+            terms_context = repeat_context(rows, samples_per_context)  # (B * S, C)
+            n = terms_context.shape[0]
+        z, log_q = rebuild(p).sample_and_log_prob(n, rng, terms_context)
+        log_p = log_target(z) if rows is None else log_target(z, terms_context)
         # aux: the plain ELBO estimate, whatever the annealing weight
-        return (np.sum(log_q - beta * log_p) / batch_size,
-                np.sum(log_p - log_q) / batch_size)
+        return np.sum(log_q - beta * log_p) / n, np.sum(log_p - log_q) / n
 
     grad_fn = grad_and_aux(loss)
+
+    def value_and_grads(p, *args):
+        grads, value = grad_fn(p, *args)
+        return value, grads
+
+    rows = None if context is None else _batches(context, min(batch_size, context.shape[0]),
+                                                 rng)
     history: dict[str, Any] = {"elbo": [], "step": [], "lr": []}
     pending: list = []
     bar = _progress_bar(progress, steps, "fit_vi")
@@ -437,8 +557,9 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
         for step in range(1, steps + 1):
             rate = learning_rate(schedule, lr, step - 1, steps)
             beta = min(1.0, 0.01 + step / anneal_steps) if anneal_steps else 1.0
-            grads, value = grad_fn(params, beta)
-            params, state = opt.step(params, _clip(grads, clip_norm), state, lr=rate)
+            args = (beta,) if rows is None else (beta, next(rows))
+            params, state, value, grads = _gradient_step(value_and_grads, params, state, opt,
+                                                         rate, clip_norm, *args)
             pending.append(value)
             if bar is not None:
                 bar.update(1)
@@ -460,21 +581,26 @@ def fit_vi(flow: Any, log_target: Callable[[Any], Any], steps: int = 1000, rng: 
 
 
 def elbo(flow: Any, log_target: Callable[[Any], Any], n: int, rng: Any,
-         batch_size: int = 4096) -> tuple[float, float]:
+         batch_size: int = 4096, context: Any = None) -> tuple[float, float]:
     r"""Monte Carlo ELBO = mean_i [log p~(z_i) - log q(z_i)], z_i ~ q, and its standard error.
 
     Parameters
     ----------
     flow : ``refflow.Flow``, the variational density q.
-    log_target : z (n, *event_shape) -> (n,), the unnormalised log-density log p~.
-    n : number of samples.
+    log_target : z (n, *event_shape) -> (n,), the unnormalised log-density log p~; with
+        ``context``, ``log_target(z, context)`` as in ``fit_vi``.
+    n : number of samples (with ``context``: per context row).
     rng : ``refflow.backend.rng(seed)``.
     batch_size : samples per pass (bounds the memory).
+    context : (M, C) array of observations for an amortised q(z | x): the estimate is then
+        the mean over the M rows of each row's ELBO, from n draws per row.
 
     Returns
     -------
     estimate, standard_error : floats; the standard error is std(w) / sqrt(n), w the
-    n terms. With a known log Z, KL(q || p) = log Z - estimate, with the same error.
+    n terms (with ``context``: sqrt(sum_m var_m / n) / M, var_m the spread of row m's
+    terms: the Monte Carlo error at these M observations). With a known log Z,
+    KL(q || p) = log Z - estimate, with the same error.
 
     Examples
     --------
@@ -487,12 +613,20 @@ def elbo(flow: Any, log_target: Callable[[Any], Any], n: int, rng: Any,
     """
     n = check_int("n", n)
     batch_size = check_int("batch_size", batch_size)
-    _check_target(flow, log_target, rng)
+    context = _check_context_rows(flow, context, None, "observation")
+    _check_target(flow, log_target, rng, context)
+    terms_context = None if context is None else repeat_context(context, n)  # (M * n, C)
+    total = n if context is None else terms_context.shape[0]
     parts = []
-    for start in range(0, n, batch_size):
-        parts.append(B.to_numpy(_elbo_terms(flow, log_target, min(batch_size, n - start), rng)))
+    for start in range(0, total, batch_size):
+        block = None if context is None else terms_context[start:start + batch_size]
+        parts.append(B.to_numpy(_elbo_terms(flow, log_target, min(batch_size, total - start),
+                                            rng, block)))
     w = B.to_numpy(np.concatenate(parts)) if len(parts) > 1 else parts[0]
     if not bool(np.all(np.isfinite(w))):
         raise FloatingPointError("elbo: log p~(z) - log q(z) is not finite for some samples")
-    se = float(np.std(w) / math.sqrt(n)) if n > 1 else math.inf
+    w = w.reshape(-1, n)  # (M, n): row m holds the draws for context row m
+    if n == 1:
+        return float(np.mean(w)), math.inf
+    se = float(np.sqrt(np.sum(np.var(w, axis=1)) / n) / w.shape[0])
     return float(np.mean(w)), se
