@@ -85,3 +85,35 @@ def _scaling(rng, dim):
 @example("Scaling[image]")
 def _scaling_image(rng, dim):
     return Case(bijection=Scaling.init(rng, (2, 3, dim)), event_shape=(2, 3, dim))
+
+
+# conditional cases: the generic suite passes a context of shape (N, context_dim)
+
+
+@example("AffineCoupling[context]", min_dim=2)
+def _affine_context(rng, dim):
+    return Case(bijection=AffineCoupling.init(rng, dim, hidden=(8,), context_dim=2),
+                context_dim=2)
+
+
+@example("Coupling[spline-context]", min_dim=2)
+def _coupling_spline_context(rng, dim):
+    static = {"bins": 4, "bound": 3.0}
+    f = Coupling.init(rng, dim, RationalQuadraticSpline, static=static, hidden=(8,),
+                      context_dim=3)
+    # knots move with the conditioner's output: central differences lose ~h at a knot
+    return Case(bijection=f, fd_atol=1e-4, context_dim=3)
+
+
+@example("AdditiveCoupling[context]", min_dim=2)
+def _additive_context(rng, dim):
+    f = AdditiveCoupling.init(rng, dim, split=alternating_mask(dim), hidden=(8,),
+                              activation="tanh", context_dim=1)
+    return Case(bijection=f, context_dim=1)
+
+
+@example("AffineCoupling[image-context]")
+def _affine_image_context(rng, dim):
+    f = AffineCoupling.init(rng, IMAGE, split=checkerboard_mask(IMAGE), hidden=(4,),
+                            context_dim=2)
+    return Case(bijection=f, event_shape=IMAGE, context_dim=2)

@@ -78,3 +78,18 @@ def _glow_step(rng, dim):
 def _glow(rng, dim):
     f = Glow.init(rng, IMAGE, levels=2, steps=1, hidden=4, activation="tanh")
     return Case(bijection=f, event_shape=IMAGE)
+
+
+# conditional cases: the generic suite passes a context of shape (N, context_dim)
+
+
+@example("GlowStep[context]")
+def _glow_step_context(rng, dim):
+    f = GlowStep.init(rng, IMAGE, hidden=4, activation="tanh", lu=dim % 2 == 0, context_dim=2)
+    return Case(bijection=f, event_shape=IMAGE, context_dim=2)
+
+
+@example("Glow[context]")
+def _glow_context(rng, dim):
+    f = Glow.init(rng, IMAGE, levels=2, steps=1, hidden=4, activation="tanh", context_dim=3)
+    return Case(bijection=f, event_shape=IMAGE, context_dim=3)
