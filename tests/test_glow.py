@@ -212,3 +212,150 @@ def test_a_wrong_channel_count_is_a_value_error_naming_the_argument(make):
     # the spatial size is free: a 1x1 convolution and a ConvNet take any H and W
     x, log_det = f.forward(B.rng(43).standard_normal((2, 6, 2, 2)))
     assert x.shape == (2, 6, 2, 2) and log_det.shape == (2,)
+
+
+# ------------------------------------------------------------------------ conditional Glow
+
+C = 3  # the context dimension of the conditional cases
+
+
+def _conditional(kind: str):
+    rng = B.rng(51)
+    if kind == "step":
+        return GlowStep.init(rng, (4, 4, 2), hidden=4, activation="tanh", context_dim=C)
+    return Glow.init(rng, (4, 4, 2), levels=2, steps=2, hidden=4, activation="tanh",
+                     context_dim=C)
+
+
+def _fd_log_det(f, z, c, h=1e-6):
+    """log|det| of the central-difference Jacobian of z -> f.forward(z, c), row by row
+    (NumPy's slogdet; one batched call of 2 D perturbed copies per row)."""
+    out = []
+    for zi, ci in zip(z, c):
+        d = zi.size
+        steps = h * numpy.eye(d)
+        rows = numpy.concatenate([zi.reshape(-1) + steps, zi.reshape(-1) - steps])
+        x = _host(f.forward(B.asarray(rows.reshape((2 * d,) + zi.shape)),
+                            B.asarray(numpy.tile(ci, (2 * d, 1))))[0]).reshape(2 * d, d)
+        out.append(numpy.linalg.slogdet((x[:d] - x[d:]) / (2 * h))[1])
+    return numpy.array(out)
+
+
+@pytest.mark.parametrize("kind", ["step", "glow"])
+def test_conditional_glow_log_det_round_trips_and_broadcast(kind):
+    f = _conditional(kind)
+    assert f.context_dim == C
+    rng = numpy.random.default_rng(52)
+    z, c = rng.standard_normal((3, 4, 4, 2)), rng.standard_normal((3, C))
+    x, log_det = (_host(a) for a in f.forward(B.asarray(z), B.asarray(c)))
+    numpy.testing.assert_allclose(log_det, _fd_log_det(f, z, c), atol=1e-6)
+    z_back, log_det_inv = (_host(a) for a in f.inverse(B.asarray(x), B.asarray(c)))
+    numpy.testing.assert_allclose(z_back, z, atol=1e-11)
+    numpy.testing.assert_allclose(log_det_inv, -log_det, atol=1e-11)
+    # a context changes the map; one (C,) row equals the same row repeated
+    other = _host(f.forward(B.asarray(z), B.asarray(c + 1.0))[0])
+    assert numpy.abs(other - x).max() > 1e-3
+    for method in (f.forward, f.inverse):
+        one, rows = method(B.asarray(z), B.asarray(c[1])), method(
+            B.asarray(z), B.asarray(numpy.tile(c[1], (3, 1))))
+        for u, v in zip(one, rows):
+            numpy.testing.assert_allclose(_host(u), _host(v), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["step", "glow"])
+def test_conditional_glow_context_errors_and_gradient(kind):
+    import autograd
+    import autograd.numpy as anp
+
+    f = _conditional(kind)
+    rng = numpy.random.default_rng(53)
+    z, c = B.asarray(rng.standard_normal((3, 4, 4, 2))), rng.standard_normal((3, C))
+    for method in (f.forward, f.inverse):
+        with pytest.raises(ValueError, match=f"^context: .*expects a context of dimension {C}"):
+            method(z)
+        for bad in ((3, C + 1), (2, C), (3, 4, 4, C)):
+            with pytest.raises(ValueError, match="^context: "):
+                method(z, B.asarray(rng.standard_normal(bad)))
+    # d loss / d context against central differences along a random direction
+    w, v = B.asarray(rng.standard_normal((3, 4, 4, 2))), B.asarray(rng.standard_normal(3))
+    dc, h = rng.standard_normal((3, C)), 1e-5
+    for method in (f.forward, f.inverse):
+        def loss(ctx, method=method):
+            u, log_det = method(z, ctx)
+            return anp.sum(w * u) + anp.sum(v * log_det)
+
+        analytic = float(numpy.sum(_host(autograd.grad(loss)(B.asarray(c))) * dc))
+        numeric = float(loss(B.asarray(c + h * dc)) - loss(B.asarray(c - h * dc))) / (2 * h)
+        assert abs(analytic - numeric) <= 1e-6 * max(1.0, abs(numeric)), (analytic, numeric)
+
+
+def test_glow_layers_pass_a_context_by_and_steps_must_agree():
+    rng = B.rng(54)
+    z, c = rng.standard_normal((2, 4, 4, 2)), rng.standard_normal((2, C))
+    for f in (ActNorm.init(rng, (4, 4, 2)), Invertible1x1Conv.init(rng, (4, 4, 2)),
+              LUInvertible1x1Conv.init(rng, (4, 4, 2)), Squeeze(),
+              GlowStep.init(rng, (4, 4, 2), hidden=4)):
+        assert getattr(f, "context_dim", 0) == 0
+        for method in ("forward", "inverse"):
+            v = z if method == "forward" or not isinstance(f, Squeeze) else _squeeze(z)
+            for u, w in zip(getattr(f, method)(v, context=c), getattr(f, method)(v)):
+                numpy.testing.assert_array_equal(_host(u), _host(w))
+    two = GlowStep.init(rng, (2, 2, 8), hidden=4, context_dim=2)
+    three = GlowStep.init(rng, (2, 2, 8), hidden=4, context_dim=3)
+    with pytest.raises(ValueError, match="^levels: "):
+        Glow(((two,), (three,)))
+    # unconditional steps beside conditional ones: the flow's C is the conditional steps'
+    plain = GlowStep.init(rng, (2, 2, 8), hidden=4)
+    assert Glow(((two, plain),)).context_dim == 2
+    with pytest.raises(ValueError, match="^context_dim: "):
+        GlowStep.init(rng, (4, 4, 2), context_dim=-1)
+
+
+def test_init_from_data_passes_the_context_to_the_couplings_on_the_way():
+    rng = B.rng(55)
+    glow = _conditional("glow")
+    x = 3.0 + 2.0 * rng.standard_normal((200, 4, 4, 2))
+    c = rng.standard_normal((200, C))
+    # the second step's ActNorm lies behind the first step's conditional coupling
+    with pytest.raises(ValueError, match="^context: "):
+        init_from_data(glow, x)
+    glow = init_from_data(glow, x, context=c)
+    h = _squeeze(x)
+    for step in glow.levels[0]:
+        mean, std = _channel_stats(step.actnorm.inverse(h)[0])
+        numpy.testing.assert_allclose(mean, 0.0, atol=1e-10)
+        numpy.testing.assert_allclose(std, 1.0, atol=1e-10)
+        h = step.inverse(h, context=c)[0]
+
+
+@pytest.mark.standin
+@pytest.mark.parametrize("kind", ["step", "glow"])
+def test_conditional_glow_on_the_strict_stand_in(kind):
+    import autograd
+    import autograd.numpy as anp
+
+    from refflow.tree import partition
+    from tests.strict import StrictArray
+
+    f = _conditional(kind)
+    f_s = map_arrays(lambda a: StrictArray(_host(a)) if B.is_array(a) else a, f)
+    rng = numpy.random.default_rng(56)
+    z, c = rng.standard_normal((2, 4, 4, 2)), rng.standard_normal((2, C))
+    for ctx in (c, c[0]):
+        for name in ("forward", "inverse"):
+            got = getattr(f_s, name)(StrictArray(z), StrictArray(ctx))
+            for u, v in zip(got, getattr(f, name)(z, ctx)):
+                assert isinstance(u, StrictArray)
+                numpy.testing.assert_allclose(u.get(), v, rtol=1e-10, atol=1e-10)
+    leaves, rebuild = partition(f)
+    leaves_s, rebuild_s = partition(f_s)
+
+    def loss(params, ctx, flow_of, zz):
+        x, log_det = flow_of(params).inverse(zz, ctx)
+        return anp.sum(x ** 2) + anp.sum(log_det)
+
+    g = autograd.grad(loss, (0, 1))(leaves, c, rebuild, z)
+    g_s = autograd.grad(loss, (0, 1))(leaves_s, StrictArray(c), rebuild_s, StrictArray(z))
+    for a, b in zip(list(g_s[0]) + [g_s[1]], list(g[0]) + [g[1]]):
+        assert isinstance(a, StrictArray)
+        numpy.testing.assert_allclose(a.get(), b, rtol=1e-9, atol=1e-9)
