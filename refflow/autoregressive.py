@@ -392,11 +392,12 @@ class _Autoregressive:
         """The conditioner v -> theta at this context, checked against v's batch shape.
 
         A MADE folds the context into its biases once (``MADE.conditioned``); another
-        conditioner with a ``context_dim`` is called as ``made(v, context)``.
+        conditioner with a ``context_dim`` is called as ``made(v, context)``. An unconditional
+        flow passes a context by, as the families without a conditioner do.
         """
-        _check_context(type(self).__name__, self.context_dim, context, v.shape[:-1])
-        if context is None:
+        if not self.context_dim:
             return self.made
+        _check_context(type(self).__name__, self.context_dim, context, v.shape[:-1])
         if isinstance(self.made, MADE):
             return self.made.conditioned(context, v.shape[:-1])
         return lambda u: self.made(u, context)
@@ -670,9 +671,12 @@ class SlowMAF:
         return _transformer_class(self.transformer).from_unconstrained(theta, **self.options)
 
     def _context(self, y, context):
-        """The context as one row per sample, (..., C), or an empty list without one."""
+        """The context as one row per sample, (..., C), or an empty list when C = 0 (a context
+        is then passed by)."""
+        if not self.context_dim:
+            return []
         _check_context("SlowMAF", self.context_dim, context, y.shape[:-1])
-        return [] if context is None else [context + np.zeros_like(y[..., :1])]
+        return [context + np.zeros_like(y[..., :1])]
 
     def _theta_first(self, y, c: list):
         if c:

@@ -1,4 +1,5 @@
-"""Registry factories for the autoregressive family: MAF, IAF (random orders) and SlowMAF."""
+"""Registry factories for the autoregressive family: MAF, IAF (random orders) and SlowMAF,
+unconditional and with a context."""
 
 from __future__ import annotations
 
@@ -36,3 +37,29 @@ def _maf_spline(rng, dim):
 def _iaf_spline(rng, dim):
     return Case(bijection=IAF.init(rng, dim, hidden=(12,), transformer=RationalQuadraticSpline,
                                    order="reversed", bins=5, bound=2.5), fd_atol=1e-4)
+
+
+# conditional cases: the generic suite passes a context of shape (N, C) drawn from N(0, 1)
+
+@example("MAF[context]")
+def _maf_context(rng, dim):
+    return Case(bijection=MAF.init(rng, dim, hidden=(12, 12), order="random", context_dim=3),
+                context_dim=3)
+
+
+@example("IAF[context]")
+def _iaf_context(rng, dim):
+    return Case(bijection=IAF.init(rng, dim, hidden=(12,), order="random", context_dim=2),
+                context_dim=2)
+
+
+@example("MAF[spline,context]")
+def _maf_spline_context(rng, dim):
+    maf = MAF.init(rng, dim, hidden=(12,), transformer=RationalQuadraticSpline, order="random",
+                   context_dim=2, bins=4, bound=3.0)
+    return Case(bijection=maf, context_dim=2, fd_atol=1e-4)
+
+
+@example("SlowMAF[context]")
+def _slow_maf_context(rng, dim):
+    return Case(bijection=SlowMAF.init(rng, dim, hidden=(8,), context_dim=2), context_dim=2)
