@@ -20,7 +20,9 @@ from refflow.core import Compose, Flow
 from refflow.distributions import StandardNormal
 from refflow.jacobian import jacobian, numerical_jacobian
 from refflow.linalg import spectral_norm
+from refflow.nn import MLP
 from refflow.residual import (
+    Amortised,
     ContractiveResidual,
     LowRankResidual,
     Planar,
@@ -390,3 +392,197 @@ def test_residual_rejects_non_lipschitz_activations():
         ContractiveResidual.init(B.rng(33), 3, activation="relu6")
     with pytest.raises(ValueError, match="activation"):
         LowRankResidual.init(B.rng(33), 3, activation="sigmoid")
+
+
+# ------------------------------------------------------------------ conditional blocks
+
+
+def _conditional(family, seed=0, dim=3, context_dim=2):
+    """A conditional block of each kind with a strong context dependence."""
+    rng = B.rng(seed)
+    if family is ContractiveResidual:
+        f = ContractiveResidual.init(rng, dim, hidden=(16,), coeff=0.9, context_dim=context_dim)
+        # context rows U scaled up: c U is a large first-layer bias
+        first = numpy.concatenate([f.weights[0][:dim], 5.0 * f.weights[0][dim:]])
+        return ContractiveResidual((first,) + f.weights[1:], f.biases, f.coeff,
+                                   context_dim=context_dim)
+    f = family.init(rng, dim, context_dim=context_dim, hidden=(8,))
+    net = f.hyper
+    return Amortised(family, MLP(net.weights[:-1] + (10.0 * net.weights[-1],), net.biases),
+                     context_dim)
+
+
+CONDITIONAL = [ContractiveResidual, Planar, Radial]
+
+
+def test_contractive_context_keeps_the_lipschitz_bound_in_z_at_every_context():
+    """Lip_z F(., c) < L for random and extreme c: the largest difference quotient over many
+    pairs and the largest spectral norm of J_F(z, c) (autograd, and FD) stay below L."""
+    f = _conditional(ContractiveResidual, dim=4, context_dim=3)
+    rng = numpy.random.default_rng(0)
+    L = f.lipschitz
+    worst_quotient = worst_norm = 0.0
+    for scale in (1.0, 10.0, 100.0):
+        c = scale * rng.standard_normal(3)
+        z1, z2 = rng.standard_normal((2, 2000, 4))
+        z2 = z1 + rng.choice([1e-3, 0.1, 1.0], (2000, 1)) * z2  # near and far pairs
+        quotient = (numpy.linalg.norm(f.residual(z1, c) - f.residual(z2, c), axis=-1)
+                    / numpy.linalg.norm(z1 - z2, axis=-1))
+        worst_quotient = max(worst_quotient, quotient.max())
+        z = rng.standard_normal((50, 4))
+        def F(z, c=c):
+            return f.residual(z, c)
+
+        for J in (jacobian(F, z), numerical_jacobian(F, z)):
+            worst_norm = max(worst_norm, numpy.linalg.norm(J, 2, axis=(-2, -1)).max())
+    assert worst_quotient < L and worst_norm < L + 1e-7, (worst_quotient, worst_norm, L)
+    # the bound is not vacuous: a context of unit size does move F
+    unit = rng.standard_normal(3)
+    assert numpy.abs(f.residual(z, unit) - f.residual(z, 0 * unit)).max() > 0.1
+
+
+@pytest.mark.parametrize("family", CONDITIONAL)
+def test_conditional_log_det_matches_finite_differences_at_fixed_context(family):
+    f = _conditional(family)
+    rng = numpy.random.default_rng(1)
+    z, c = rng.standard_normal((20, 3)), 3.0 * rng.standard_normal((20, 2))
+    x, ld = f.forward(z, context=c)
+    J = numerical_jacobian(lambda z: f.forward(z, context=c)[0], z)
+    sign, fd = numpy.linalg.slogdet(J)
+    assert numpy.all(sign > 0)
+    numpy.testing.assert_allclose(ld, fd, atol=1e-6)
+    z_back, ld_inv = f.inverse(x, context=c)
+    numpy.testing.assert_allclose(z_back, z, atol=1e-8)
+    numpy.testing.assert_allclose(ld_inv, -ld, atol=1e-8)
+
+
+@pytest.mark.parametrize("family", CONDITIONAL)
+def test_conditional_maps_are_invertible_per_sample_at_extreme_contexts(family):
+    """Every row's map is a bijection: det J > 0 by FD, the constraint holds per row after the
+    hypernetwork (planar w . v > -1, radial beta > -alpha), and the round trip closes."""
+    f = _conditional(family)
+    rng = numpy.random.default_rng(2)
+    c = 50.0 * rng.standard_normal((200, 2))
+    z = 2.0 * rng.standard_normal((200, 3))
+    if family is Planar:
+        g = f.at(c)
+        assert numpy.all(numpy.sum(g.w * g.v, axis=-1) > -1)
+    if family is Radial:
+        g = f.at(c)
+        assert numpy.all(g.beta + g.alpha > 0)
+    x, ld = f.forward(z, context=c)
+    sign, fd = numpy.linalg.slogdet(numerical_jacobian(lambda z: f.forward(z, context=c)[0], z))
+    assert numpy.all(sign > 0) and numpy.all(numpy.isfinite(ld))
+    numpy.testing.assert_allclose(ld, fd, atol=1e-5)
+    numpy.testing.assert_allclose(f.inverse(x, context=c)[0], z, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", CONDITIONAL)
+def test_gradient_with_respect_to_the_context_matches_finite_differences(family):
+    f = _conditional(family)
+    rng = numpy.random.default_rng(3)
+    z, c = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    r1, r2 = rng.standard_normal((5, 3)), rng.standard_normal(5)
+
+    def loss(c):
+        x, ld = f.forward(z, context=c)
+        back, ld_inv = f.inverse(z, context=c)
+        return anp.sum(x * r1) + anp.sum(ld * r2) + anp.sum(back * r1) + anp.sum(ld_inv)
+
+    analytic = autograd.grad(loss)(c)
+    fd = numpy.zeros_like(c)
+    for idx in numpy.ndindex(c.shape):
+        step = numpy.zeros_like(c)
+        step[idx] = 1e-6
+        fd[idx] = (loss(c + step) - loss(c - step)) / 2e-6
+    numpy.testing.assert_allclose(analytic, fd, atol=1e-6, rtol=1e-6)
+    # a shared (C,) context is every row's: same values, gradient summed over rows
+    shared = c[0]
+    numpy.testing.assert_allclose(f.forward(z, context=shared)[0],
+                                  f.forward(z, context=numpy.tile(shared, (5, 1)))[0])
+
+
+@pytest.mark.parametrize("family", CONDITIONAL)
+def test_context_errors_name_the_context(family):
+    f = _conditional(family)
+    z = numpy.zeros((4, 3))
+    for bad in (None, numpy.zeros((4, 3)), numpy.zeros(5), numpy.zeros((3, 2)),
+                numpy.full((4, 2), numpy.nan)):
+        for method in (f.forward, f.inverse):
+            with pytest.raises(ValueError, match="^context: "):
+                method(z, context=bad)
+
+
+@pytest.mark.parametrize("block", [
+    _block(), LowRankResidual.init(B.rng(0), 4, rank=2), Planar.init(B.rng(0), 4),
+    Radial.init(B.rng(0), 4)])
+def test_unconditional_blocks_pass_the_context_by(block):
+    z = numpy.random.default_rng(4).standard_normal((6, 4))
+    for method in (block.forward, block.inverse):
+        for a, b in zip(method(z), method(z, context=numpy.ones((6, 2)))):
+            assert numpy.array_equal(a, b)
+
+
+def test_conditional_power_series_and_estimators_take_the_context():
+    """At a fixed c the series tends to the exact log-det, as in the unconditional block."""
+    f = _conditional(ContractiveResidual, dim=3, context_dim=2)
+    rng = numpy.random.default_rng(5)
+    z, c = rng.standard_normal((4, 3)), 5.0 * rng.standard_normal((4, 2))
+    exact = f.forward(z, context=c)[1]
+    series = logdet_estimate(f, z, "series", terms=200, context=c)
+    numpy.testing.assert_allclose(series, exact, atol=1e-8)
+    with pytest.raises(ValueError, match="^context: "):
+        logdet_estimate(f, z, "series")
+
+
+def test_amortised_rejects_bad_parts():
+    net = MLP.init(B.rng(0), [2, 7])
+    with pytest.raises(ValueError, match="^family: "):
+        Amortised(Compose, net, 2)
+    with pytest.raises(ValueError, match="^hyper: "):
+        Amortised(Planar, MLP.init(B.rng(0), [2, 6]), 2)  # 6 = 2D + 1 for no D
+    with pytest.raises(ValueError, match="^hyper: "):
+        Amortised(Planar, net, 3)
+    with pytest.raises(ValueError, match="^context_dim: "):
+        ContractiveResidual.init(B.rng(0), 2, context_dim=-1)
+
+
+@pytest.mark.parametrize("family", CONDITIONAL)
+def test_conditional_blocks_save_and_load(family, tmp_path):
+    from refflow.io import load, save
+
+    f = _conditional(family)
+    path = tmp_path / "flow.npz"
+    save(path, f)
+    g = load(path)
+    z, c = numpy.ones((2, 3)), numpy.ones((2, 2))
+    numpy.testing.assert_array_equal(g.forward(z, context=c)[0], f.forward(z, context=c)[0])
+    assert g.context_dim == 2
+
+
+@pytest.mark.standin
+@pytest.mark.parametrize("family", CONDITIONAL)
+def test_conditional_blocks_on_the_strict_stand_in(family):
+    """Forward, inverse and the context gradient on a CuPy-like array give NumPy's numbers."""
+    from refflow.tree import map_arrays
+    from tests.strict import StrictArray, strict
+
+    f = _conditional(family)
+    rng = numpy.random.default_rng(6)
+    z, c = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    f_s = map_arrays(strict, f)
+
+    def loss(f, z, c):
+        x, ld = f.forward(z, context=c)
+        return anp.sum(f.inverse(x, context=c)[0] * x) + anp.sum(ld)
+
+    for method in ("forward", "inverse"):
+        x, ld = getattr(f, method)(z, context=c)
+        x_s, ld_s = getattr(f_s, method)(strict(z), context=strict(c))
+        assert isinstance(x_s, StrictArray)
+        numpy.testing.assert_allclose(x_s.get(), x, atol=1e-10)
+        numpy.testing.assert_allclose(ld_s.get(), ld, atol=1e-10)
+    g = autograd.grad(lambda c: loss(f, z, c))(c)
+    g_s = autograd.grad(lambda c: loss(f_s, strict(z), c))(strict(c))
+    assert isinstance(g_s, StrictArray)
+    numpy.testing.assert_allclose(g_s.get(), g, atol=1e-8)
