@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check a bijection implementation (refflow.testing)",
                        description="Delegates to refflow.testing.verify_main: "
-                       "refflow verify MODULE:FACTORY [--dim D] [--n N].", add_help=False)
+                       "refflow verify MODULE:FACTORY [--dim D] [--n N]; with --dask [ADDRESS] "
+                       "[--dims D ...] [--seeds S ...] on a Dask cluster (refflow.dask).",
+                       add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="MODULE:FACTORY [--dim D] [--n N]")
     return parser
 
@@ -411,6 +413,11 @@ def _cmd_vi(args) -> None:
 
 
 def _cmd_verify(args) -> int:
+    if "--dask" in args.rest:
+        # the same runs spread over a Dask cluster, per --dims/--seeds (refflow[dask])
+        from refflow.dask import verify_main as verify_on_dask
+
+        return int(verify_on_dask(list(args.rest)))
     from refflow.testing import verify_main
 
     return int(verify_main(list(args.rest)))

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import io
 import math
 import os
@@ -82,6 +81,8 @@ __all__ = [
     "verify_sweep",
     "verify_main",
     "fit",
+    "read_npy",
+    "main",
 ]
 
 
@@ -228,7 +229,8 @@ def log_prob(flow: Any, X: Any, context: Any = None) -> Any:
     flow : ``refflow.Flow``.
     X : (N, *event_shape) ``dask.array`` with NumPy or CuPy chunks (any array is wrapped
         with ``dask.array.asarray``); chunked by rows (event axes are merged into one chunk).
-    context : ``None``, or (N, C) rows of context for a conditional flow, chunked like X.
+    context : ``None``, or for a conditional flow (``flow.context_dim`` C > 0) its (N, C)
+        rows (rechunked like X) or one (C,) context for every row.
 
     Returns
     -------
@@ -263,14 +265,21 @@ def log_prob(flow: Any, X: Any, context: Any = None) -> Any:
     if X.dtype.kind != "f":
         raise ValueError(f"X: expected a floating-point array, got dtype {X.dtype}")
     X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
+    context_dim = int(getattr(flow, "context_dim", 0) or 0)
+    if context is None and context_dim:
+        raise ValueError(f"context: this flow expects a context of dimension {context_dim}, "
+                         f"got None")
     if context is not None:
-        if "context" not in inspect.signature(flow.log_prob).parameters:
-            raise ValueError("context: this flow's log_prob takes no context")
-        context = da.asarray(context)
-        if context.ndim < 1 or context.shape[0] != X.shape[0]:
-            raise ValueError(f"context: expected {X.shape[0]} rows like X, got shape "
-                             f"{tuple(context.shape)}")
-        context = context.rechunk((X.chunks[0],) + tuple(-1 for _ in context.shape[1:]))
+        if not context_dim:
+            raise ValueError("context: this flow takes no context (context_dim 0)")
+        if tuple(getattr(context, "shape", ())) == (context_dim,):
+            # one context for every row: one key of the graph, like the flow
+            context = _shared(B.asarray(context))
+        elif tuple(getattr(context, "shape", ())) == (X.shape[0], context_dim):
+            context = da.asarray(context).rechunk((X.chunks[0], -1))
+        else:
+            raise ValueError(f"context: expected shape ({X.shape[0]}, {context_dim}) or "
+                             f"({context_dim},), got {getattr(context, 'shape', context)!r}")
     dtype = _result_dtype(flow, X.dtype)
     meta = numpy.empty_like(X._meta, shape=(0,), dtype=dtype)
     return da.map_blocks(_log_prob_block, X, context, _shared(flow), _settings(),
@@ -383,7 +392,8 @@ def _mc_stats(q, log_target, n, seed, chunks, client):
     sizes = _row_chunks(n, chunks)
     settings = _settings()
     with cluster(client) as c:
-        shared = c.scatter(q, broadcast=True, hash=False)
+        # a task, not scattered data: lost with a worker, the scheduler rebuilds it
+        shared = c.submit(_identity, q, pure=False)
         futures = [c.submit(_mc_chunk, shared, log_target, settings, seed, i, size, pure=False)
                    for i, size in enumerate(sizes)]
         return c.gather(futures)
@@ -569,8 +579,10 @@ def _grad_part(settings, flow, params, block, rows, total):
     Summed over the parts of a global batch, the shares are the batch NLL and the gradients
     its gradient.
     """
+    from refflow.train import _flat_parameters
+
     def work():
-        _, rebuild = partition(flow)
+        _, rebuild = _flat_parameters(flow)
         x = block[B.asarray(rows)]
         value, grads = value_and_grad(lambda p: _share(rebuild(p), x, total))(params)
         return len(rows), value, grads
@@ -689,7 +701,7 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     event = _check_flow(flow, "log_prob")
     distributed = _distributed()
     settings = _settings()
-    params, rebuild = partition(flow)
+    params, rebuild = train._flat_parameters(flow)  # one vector, as refflow.fit trains
     opt = train.Adam(lr=lr)
     state = opt.init(params)
     history: dict[str, Any] = {"loss": [], "step": [], "lr": []}
@@ -731,3 +743,71 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
                 break
     return rebuild(params), history
 
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def _npy_rows(path: str, start: int, stop: int) -> numpy.ndarray:
+    return numpy.array(numpy.load(path, mmap_mode="r")[start:stop])
+
+
+def read_npy(path: str, chunk: int = 65536) -> Any:
+    """A ``.npy`` file as a ``dask.array`` of ``chunk`` rows per block, read by the workers.
+
+    Each block is one task that memory-maps the file and copies its rows, so the file is
+    never loaded whole, nor sent through the scheduler; on a cluster, ``path`` must be on a
+    file system that every worker sees.
+    """
+    import dask
+    import dask.array as da
+
+    chunk = check_int("chunk", chunk)
+    path = os.path.abspath(path)
+    try:
+        header = numpy.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"path: cannot read {path!r} as .npy ({exc})") from None
+    if header.ndim < 2 or header.shape[0] < 1:
+        raise ValueError(f"path: expected rows of samples, got shape {header.shape}")
+    n, rest = header.shape[0], tuple(header.shape[1:])
+    return da.concatenate([
+        da.from_delayed(dask.delayed(_npy_rows, pure=True)(path, s, min(s + chunk, n)),
+                        (min(chunk, n - s),) + rest, dtype=header.dtype)
+        for s in range(0, n, chunk)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m refflow.dask log-prob --model M.npz --data X.npy --out LOGP.npy [--dask
+    ADDRESS] [--chunk ROWS]``: log p(x) of every row, evaluated on a Dask cluster.
+
+    Without ``--dask``, a local cluster of processes (one per core) is started and closed.
+    Exit status 0, or 2 for a usage error (unreadable model or data, wrong shape).
+    """
+    parser = argparse.ArgumentParser(prog="python -m refflow.dask")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("log-prob", help="log p(x) per row of a .npy file, on a cluster")
+    p.add_argument("--model", required=True, help="a model saved by refflow.save (.npz)")
+    p.add_argument("--data", required=True, help="a .npy file, one row per sample")
+    p.add_argument("--out", required=True, help="output .npy file, one value per row")
+    p.add_argument("--dask", default=None, help="scheduler address (default: a local cluster)")
+    p.add_argument("--chunk", type=int, default=65536, help="rows per task (default 65536)")
+    args = parser.parse_args(argv)
+    from refflow.io import load
+
+    try:
+        flow = load(args.model)
+        rows = read_npy(args.data, args.chunk)
+        with cluster(args.dask) as client:
+            log_p = B.to_numpy(client.compute(log_prob(flow, rows)).result())
+    except ValueError as exc:
+        print(f"python -m refflow.dask: error: {exc}")
+        return 2
+    numpy.save(args.out, log_p)
+    print(f"mean log p(x) {float(numpy.mean(log_p)):.4f} nats over {log_p.shape[0]} rows; "
+          f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,13 +107,32 @@ def test_log_prob_sends_the_flow_once(client):
     assert sum(1 for k in graph if isinstance(k, tuple) and k[0].startswith("_log_prob")) == 10
 
 
+def test_log_prob_with_context(client):
+    rng = B.rng(4)
+    flow = Flow(StandardNormal(DIM),
+                Compose(AffineCoupling.init(rng, DIM, hidden=(8,), context_dim=3), Reverse(),
+                        AffineCoupling.init(rng, DIM, hidden=(8,), context_dim=3)))
+    X = numpy.random.default_rng(0).standard_normal((500, DIM))
+    C = numpy.random.default_rng(1).standard_normal((500, 3))
+    rows = da.from_array(X, chunks=(200, DIM))
+    # per-row contexts chunked differently from X (rechunked to X's rows), and one shared
+    got = rd.log_prob(flow, rows, context=da.from_array(C, chunks=(150, 3))).compute()
+    numpy.testing.assert_array_equal(got, flow.log_prob(X, context=C))
+    got = rd.log_prob(flow, rows, context=C[7]).compute()
+    numpy.testing.assert_array_equal(got, flow.log_prob(X, context=C[7]))
+    with pytest.raises(ValueError, match="context: this flow expects"):
+        rd.log_prob(flow, rows)
+    with pytest.raises(ValueError, match="context: expected shape"):
+        rd.log_prob(flow, rows, context=C[:10])
+
+
 def test_log_prob_bad_input():
     flow = _realnvp()
     with pytest.raises(ValueError, match="X: expected shape"):
         rd.log_prob(flow, da.zeros((10, DIM + 1)))
     with pytest.raises(ValueError, match="X: expected a floating"):
         rd.log_prob(flow, da.zeros((10, DIM), dtype=int))
-    with pytest.raises(ValueError, match="context: this flow"):
+    with pytest.raises(ValueError, match="context: this flow takes no context"):
         rd.log_prob(flow, da.zeros((10, DIM)), context=da.zeros((10, 2)))
     with pytest.raises(ValueError, match="flow: expected"):
         rd.log_prob(object(), da.zeros((10, DIM)))
@@ -248,8 +267,10 @@ def test_verify_sweep_gives_the_local_reports(client, capsys):
             want = verify_main(argv)
         assert (status, text) == (want, out.getvalue())
     assert [s for s, _ in got] == [0, 0, 0, 0, 2]
-    code = rd.verify_main(["refflow.affine:Diagonal", "--dask", client.scheduler.address,
-                           "--dims", "2", "3", "--seeds", "5"])
+    from refflow.cli import main as refflow_command
+
+    code = refflow_command(["verify", "refflow.affine:Diagonal", "--dask",
+                            client.scheduler.address, "--dims", "2", "3", "--seeds", "5"])
     printed = capsys.readouterr().out
     assert code == 0
     assert printed.count("== refflow verify refflow.affine:Diagonal --dim") == 2
@@ -343,3 +364,40 @@ def test_no_address_starts_and_closes_a_local_cluster():
         cluster = c.cluster
         assert c.submit(os.getpid).result() != os.getpid()  # a worker process
     assert cluster.status.name == "closed"
+
+
+def test_settings_reach_the_workers(client):
+    from refflow import fast
+
+    default = fast.is_enabled()
+    with fast.enabled(not default):
+        # a bare task sees the worker's own default; under _run (what every task of
+        # refflow.dask runs its work under) it sees the driver's switch
+        plain = client.submit(fast.is_enabled, pure=False).result()
+        carried = client.submit(rd._run, rd._settings(), fast.is_enabled, pure=False).result()
+    assert plain is default and carried is (not default)
+
+
+def test_fit_refuses_workers_with_several_threads():
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as c:
+            with pytest.raises(ValueError, match="one thread each"):
+                rd.fit(_realnvp(), [_data(100)], steps=1, rng=B.rng(0), client=c)
+
+
+def test_command_line_log_prob_equals_flow_log_prob(client, tmp_path, capsys):
+    flow = _maf()
+    X = numpy.random.default_rng(6).standard_normal((1000, DIM))
+    refflow.save(tmp_path / "model.npz", flow)
+    numpy.save(tmp_path / "x.npy", X)
+    rows = rd.read_npy(str(tmp_path / "x.npy"), chunk=300)
+    assert rows.chunks == ((300, 300, 300, 100), (DIM,))
+    code = rd.main(["log-prob", "--model", str(tmp_path / "model.npz"), "--data",
+                    str(tmp_path / "x.npy"), "--out", str(tmp_path / "lp.npy"), "--dask",
+                    client.scheduler.address, "--chunk", "300"])
+    assert code == 0 and "over 1000 rows" in capsys.readouterr().out
+    numpy.testing.assert_array_equal(numpy.load(tmp_path / "lp.npy"), flow.log_prob(X))
+    assert rd.main(["log-prob", "--model", str(tmp_path / "x.npy"), "--data",
+                    str(tmp_path / "x.npy"), "--out", str(tmp_path / "o.npy"), "--dask",
+                    client.scheduler.address]) == 2
