@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
-from refflow.residual import ContractiveResidual, LowRankResidual, Planar, Radial
+from refflow import backend as B
+from refflow.nn import MLP
+from refflow.residual import Amortised, ContractiveResidual, LowRankResidual, Planar, Radial
 from tests.registry import Case, example
 
 _ACTIVATIONS = ("tanh", "elu", "lipswish")
@@ -62,3 +64,41 @@ def _radial(rng, dim):
                                  0.0 * rng.standard_normal((1,)) + alpha,
                                  0.0 * rng.standard_normal((1,)) + beta))
 
+
+
+# Conditional cases: the generic suite passes a context of shape (N, C) drawn from N(0, 1)
+# and checks every property in z at that fixed context.
+
+@example("ContractiveResidual[context]")
+def _contractive_context(rng, dim):
+    # large context rows U: the bias c U moves far from 0, and Lip_z must still hold
+    f = ContractiveResidual.init(rng, dim, hidden=(16,), coeff=0.9, context_dim=3,
+                                 activation=_choice(rng, _ACTIVATIONS))
+    weights = (B.xp().concatenate([f.weights[0][:dim], 3.0 * f.weights[0][dim:]]),)
+    return Case(bijection=ContractiveResidual(weights + f.weights[1:], f.biases, f.coeff,
+                                              f.activation, context_dim=3), context_dim=3)
+
+
+def _amortised(rng, family, dim, context_dim):
+    # the last layer at full scale (init's 0.1 would make the context nearly irrelevant)
+    f = family.init(rng, dim, context_dim=context_dim, hidden=(8,))
+    net = f.hyper
+    hyper = MLP(net.weights[:-1] + (10.0 * net.weights[-1],), net.biases, net.activation)
+    return Case(bijection=Amortised(family, hyper, context_dim), context_dim=context_dim)
+
+
+@example("Planar[context]")
+def _planar_context(rng, dim):
+    return _amortised(rng, Planar, dim, 2)
+
+
+@example("Radial[context]")
+def _radial_context(rng, dim):
+    return _amortised(rng, Radial, dim, 2)
+
+
+@example("Amortised")
+def _amortised_linear(rng, dim):
+    # the smallest hypernetwork, linear (no hidden layer): theta(c) = c A + a0
+    f = Planar.init(rng, dim, context_dim=1, hidden=())
+    return Case(bijection=f, context_dim=1)
