@@ -220,8 +220,8 @@ class MADE:
     Parameters
     ----------
     net : MaskedMLP
-        The masked network, input size D, output size D * P; output unit i * P + p is
-        parameter p of coordinate i.
+        The masked network, input size D (+ C context rows in every layer), output size
+        D * P; output unit i * P + p is parameter p of coordinate i.
     order : tuple of int, static
         The autoregressive order: ``order[k]`` is the coordinate generated k-th, so theta of
         coordinate ``order[k]`` depends on ``x[order[:k]]`` only.
@@ -243,6 +243,10 @@ class MADE:
 
     so :math:`\partial \theta_i / \partial x_j = 0` unless j comes before i. Cost: one pass
     of a dense MLP, O(D H + H^2) per sample for width H.
+
+    With a context (``init(..., context_dim=C)``, theta = MADE(x, c)), c is an unmasked input
+    of every layer, h_l = act(h_{l-1} (W_l * M_l) + c U_l + b_l): the order constrains x
+    alone, and every theta_i may depend on all of c (Papamakarios et al. 2017, section 3.4).
 
     References
     ----------
@@ -433,7 +437,7 @@ class MAF(_Autoregressive):
     Parameters
     ----------
     made : MADE (or any conditioner x (..., D) -> theta (..., D, P) with the
-        autoregressive property)
+        autoregressive property; one with ``context_dim`` C > 0 is called as made(x, c))
     transformer : element-wise transformer class, static
         ``None`` for the lecture's affine map, theta_i = (mu_i, alpha_i).
     options : dict, static
@@ -459,6 +463,12 @@ class MAF(_Autoregressive):
     which the first k coordinates in the order are exact). No coordinate is written in
     place; to count passes, wrap the conditioner in a callable that counts its calls
     (``benchmarks/autoregressive_costs.py`` does).
+
+    Conditional (``init(..., context_dim=C)``): x_i = h(z_i; Theta_i(x_<i, c)), the same
+    formulas at each fixed context c, passed as ``forward(z, context)`` /
+    ``inverse(x, context)`` with shape (C,) or batch + (C,); the D passes of sampling all see
+    the same c. Without a context a conditional MAF raises ValueError; an unconditional one
+    passes a context by.
 
     References
     ----------
@@ -494,7 +504,7 @@ class IAF(_Autoregressive):
     Parameters
     ----------
     made : MADE (or any conditioner z (..., D) -> theta (..., D, P) with the
-        autoregressive property)
+        autoregressive property; one with ``context_dim`` C > 0 is called as made(z, c))
     transformer : element-wise transformer class, static (``None``: the lecture's affine map)
     options : dict, static, keyword arguments of ``transformer.from_unconstrained``
 
@@ -514,7 +524,8 @@ class IAF(_Autoregressive):
     ``inverse`` (density of an external x) runs D passes, O(D), one coordinate of z per
     pass as in ``MAF.forward``. With
     (mu~, alpha~) = (-mu exp(-alpha), -alpha) an IAF is exactly the inverse of a MAF (the
-    lecture's tilde construction), which the tests check.
+    lecture's tilde construction), which the tests check. With ``context_dim`` C > 0,
+    theta_i = Theta_i(z_<i, c), as in ``MAF``: the density's D passes all see the same c.
 
     References
     ----------
@@ -549,11 +560,13 @@ class SlowMAF:
 
     Parameters
     ----------
-    theta_first : array, shape (P,)
-        theta_1, a constant: the first coordinate has nothing to condition on.
+    theta_first : array, shape (P,), or MLP
+        theta_1, a constant: the first coordinate has nothing to condition on; for a
+        conditional SlowMAF an MLP c (..., C) -> theta_1 (..., P), its input size being C.
     nets : tuple of MLP
         ``nets[i - 1]`` maps x[..., :i] (shape (..., i)) to theta of coordinate i, (..., P),
-        for i = 1..D-1 (0-based).
+        for i = 1..D-1 (0-based); with a context, the concatenation (x[..., :i], c),
+        shape (..., i + C).
     transformer, options : as in ``MAF``.
 
     Notes

@@ -228,6 +228,8 @@ class MaskedMLP:
     ``masks[l]`` has the shape of ``weights[l]``; entry (i, j) = 0 cuts the connection from
     unit i to unit j. With masks built from degrees (``refflow.autoregressive.MADE``),
     output block i depends only on inputs before i in the ordering.
+    A conditional MADE adds C rows to every weight matrix, the context's weights U_l (mask
+    rows of ones); ``conditioned(c)`` folds them into per-sample biases.
     """
 
     weights: tuple
