@@ -488,6 +488,10 @@ def _check_field(cls: type, field: dataclasses.Field, value: Any, path: str) -> 
 def _build(cls: type, values: dict, path: str) -> Any:
     fields = dataclasses.fields(cls)
     names = [f.name for f in fields]
+    # a field added later with a default (a conditional flow's context_dim) may be absent
+    # from a file written before it existed: it takes its default, as the constructor would
+    values = {**{f.name: f.default for f in fields if f.name not in values
+                 and f.default is not dataclasses.MISSING}, **values}
     if sorted(values) != sorted(names):
         raise _bad(path, f"{cls.__name__} expects fields {names}, the file has {sorted(values)}")
     for f in fields:
