@@ -98,6 +98,60 @@ def _build(obj: Any, dim: int, seed: int) -> tuple:
                       f"bijection or a pair (forward, inverse)")
 
 
+def _catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    from refflow.testing.catalog import LIBRARIES
+
+    group = parser.add_argument_group("catalog sweep (refflow.testing.catalog)")
+    group.add_argument("--catalog", choices=sorted(LIBRARIES),
+                       help="check every catalogued transform of a peer library instead of "
+                            "a TARGET")
+    group.add_argument("--dims", type=int, nargs="+", default=[2, 5],
+                       help="event dimensions of the sweep (default 2 5)")
+    group.add_argument("--scales", type=float, nargs="+", default=[0.2, 0.5],
+                       help="spreads s of the N(0, s^2) parameter perturbation (default 0.2 0.5)")
+    group.add_argument("--seeds", type=int, default=1, help="seeds per setting (default 1)")
+    group.add_argument("--only", nargs="+", metavar="NAME",
+                       help="only the catalogued transforms with these names")
+
+
+def _catalog_main(args: argparse.Namespace) -> int:
+    """The sweep: a progress bar on a TTY, the conformance table, a summary; exit 0/1/2."""
+    import time
+
+    from refflow.testing import catalog
+
+    if min(args.dims) < 1 or args.seeds < 1 or min(args.scales) < 0:
+        print("refflow verify: error: --dims and --seeds must be positive, --scales >= 0",
+              file=sys.stderr)
+        return 2
+    try:
+        catalog.load(args.catalog)
+    except ImportError as exc:
+        print(f"refflow verify: error: --catalog {args.catalog} needs {exc.name or 'it'} "
+              f"installed (pip install \"refflow[peers]\")", file=sys.stderr)
+        return 2
+    progress = None
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            def progress(runs):
+                return tqdm(runs, desc=f"refflow verify --catalog {args.catalog}",
+                            unit="run", file=sys.stderr)
+        except ImportError:  # the bar is a convenience: the sweep runs without it
+            progress = None
+    start = time.perf_counter()
+    try:
+        rows = catalog.sweep(args.catalog, dims=args.dims, scales=args.scales,
+                             seeds=range(args.seeds), names=args.only, progress=progress)
+    except ValueError as exc:  # --only names a transform the table does not have
+        print(f"refflow verify: error: {exc}", file=sys.stderr)
+        return 2
+    print(catalog.conformance_table(rows))
+    print(catalog.summary(args.catalog, rows, time.perf_counter() - start))
+    return 1 if any(r.status == "FAIL" for r in rows) else 0
+
+
 def verify_main(argv: list[str] | None = None) -> int:
     """Run ``refflow verify`` with the arguments ``argv``; returns the exit status.
 
@@ -111,7 +165,8 @@ def verify_main(argv: list[str] | None = None) -> int:
         prog="refflow verify",
         description="Check a bijection's inverse and log-determinant numerically "
                     "(refflow.testing.check_bijection).")
-    parser.add_argument("target", help="MODULE:FACTORY, e.g. refflow.affine:Diagonal.init")
+    parser.add_argument("target", nargs="?",
+                        help="MODULE:FACTORY, e.g. refflow.affine:Diagonal.init")
     parser.add_argument("--dim", type=int, default=2, help="event dimension D (default 2)")
     parser.add_argument("--n", type=int, default=16, help="number of input rows (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs and factory")
@@ -120,10 +175,16 @@ def verify_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structure", choices=STRUCTURES, help="expected Jacobian pattern")
     parser.add_argument("--density", action="store_true",
                         help="check that the flow with a N(0, I) base normalises (D <= 2)")
+    _catalog_arguments(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on a usage error, 0 after --help
         return int(exc.code or 0)
+    if args.catalog:
+        return _catalog_main(args)
+    if args.target is None:
+        print("refflow verify: error: give MODULE:FACTORY or --catalog LIB", file=sys.stderr)
+        return 2
     if args.dim < 1 or args.n < 1:
         print("refflow verify: error: --dim and --n must be positive", file=sys.stderr)
         return 2
