@@ -558,3 +558,90 @@ def test_verify_factory_raising_or_module_exiting_is_one_line_and_nonzero(tmp_pa
     assert err.count("\n") == 1 and "sys.exit(0)" in err
     assert verify_main(["raises_on_import:f"]) == 2
     assert "KeyError" in capsys.readouterr().err
+
+
+# --- catalog sweeps (refflow.testing.catalog, refflow verify --catalog) ---------------------
+
+def _catalog_table():
+    """A stand-in adapter table: NumPy maps, one correct, one with a dropped log 2, one
+    whose construction raises."""
+    import types
+
+    from refflow.testing.catalog import Entry
+
+    def affine(ld_factor):
+        def build(dim, scale, seed):
+            a = 1.0 + scale * numpy.random.default_rng(seed).random(dim)  # positive scales
+            return {"forward": lambda z: (a * z, ld_factor * numpy.full(len(z),
+                                                                         numpy.log(a).sum())),
+                    "inverse": lambda x: (x / a, numpy.full(len(x), -numpy.log(a).sum()))}
+        return build
+
+    def broken(dim, scale, seed):
+        raise RuntimeError("cannot build")
+
+    return types.SimpleNamespace(FRAMEWORK="numpy", ENTRIES=(
+        Entry("scale", affine(1.0)), Entry("scale, half log-det", affine(0.5)),
+        Entry("unbuildable", broken)), EXCLUDED=())
+
+
+def test_catalog_inputs_are_32_float64_rows_with_8_tail_rows():
+    from refflow.testing.catalog import sweep_inputs
+
+    z = sweep_inputs(3, seed=1, framework="numpy")
+    assert z.shape == (32, 3) and z.dtype == numpy.float64
+    tails = z[::4]
+    assert numpy.all(numpy.abs(tails) <= 4.0) and numpy.abs(tails).max() > 2.5
+    assert numpy.array_equal(z, sweep_inputs(3, seed=1, framework="numpy"))
+    with pytest.raises(ValueError, match="framework"):
+        sweep_inputs(3, seed=1, framework="cupy")
+
+
+def test_catalog_load_names_the_argument():
+    from refflow.testing.catalog import load
+
+    with pytest.raises(ValueError, match="library"):
+        load("tensorflow_probability")
+
+
+def test_catalog_sweep_rows_name_the_failure_and_the_build_error(monkeypatch):
+    from refflow.testing import catalog
+
+    monkeypatch.setattr(catalog, "load", lambda library: _catalog_table())
+    rows = catalog.sweep("fake", dims=(2,), scales=(0.5,), seeds=(0, 1))
+    status = {(r.name, r.seed): r.status for r in rows}
+    assert status == {("scale", 0): "ok", ("scale", 1): "ok",
+                      ("scale, half log-det", 0): "FAIL", ("scale, half log-det", 1): "FAIL",
+                      ("unbuildable", 0): "FAIL", ("unbuildable", 1): "FAIL"}
+    assert all("log_det" in r.report.failed for r in rows if r.name.startswith("scale,"))
+    assert all(r.error == "RuntimeError: cannot build" for r in rows if r.name == "unbuildable")
+    text = catalog.conformance_table(rows)
+    assert "log_det (FAIL)" in text and "RuntimeError: cannot build" in text
+    assert catalog.summary("fake", rows, 1.0) == \
+        "fake: 3 transforms, 6 runs: 2 ok, 4 failed, 0 inconclusive, 1 s"
+    with pytest.raises(ValueError, match="names"):
+        catalog.sweep("fake", names=["no such transform"])
+
+
+def test_verify_catalog_exit_status(monkeypatch, capsys):
+    from refflow.testing import catalog
+
+    monkeypatch.setattr(catalog, "load", lambda library: _catalog_table())
+    assert verify_main(["--catalog", "zuko", "--dims", "2", "--scales", "0.3",
+                        "--only", "scale"]) == 0
+    out = capsys.readouterr().out
+    assert "zuko: 1 transforms, 1 runs: 1 ok, 0 failed" in out
+    assert verify_main(["--catalog", "zuko", "--dims", "2", "--only", "scale",
+                        "scale, half log-det"]) == 1
+    assert verify_main(["--catalog", "zuko", "--dims", "0"]) == 2
+
+
+def test_verify_catalog_missing_library_is_one_line_and_exit_2(monkeypatch, capsys):
+    # a None entry in sys.modules makes the import raise ImportError, as an absent package;
+    # jax too, so that the table's import does not switch on x64 for the rest of the run
+    monkeypatch.setitem(sys.modules, "jax", None)
+    monkeypatch.setitem(sys.modules, "flowjax", None)
+    monkeypatch.delitem(sys.modules, "refflow.testing.catalog._flowjax", raising=False)
+    assert verify_main(["--catalog", "flowjax"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flowjax" in err[0] and "refflow[peers]" in err[0]

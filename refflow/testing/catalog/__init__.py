@@ -7,7 +7,7 @@ transform and setting.
 
 An adapter table is a module ``refflow.testing.catalog._LIB`` with
 
-- ``FRAMEWORK``: ``"torch"`` or ``"jax"``, the kind of arrays the transforms take;
+- ``FRAMEWORK``: ``"numpy"``, ``"torch"`` or ``"jax"``, the kind of arrays the transforms take;
 - ``ENTRIES``: a tuple of ``Entry``: a name, and ``build(dim, scale, seed)`` returning the
   keyword arguments of ``check_bijection`` (``forward``, ``inverse`` and, for libraries that
   compute the log-det by a call of its own, ``log_det``), with the library's initial
@@ -95,12 +95,14 @@ def load(library: str) -> Any:
 def sweep_inputs(dim: int, seed: int, framework: str, n: int = 32) -> Any:
     """``n`` float64 rows of dimension ``dim``: N(0, I), every fourth uniform on [-4, 4]^D.
 
-    Returned as a torch tensor or a JAX array (``framework``); JAX needs x64 enabled, which
-    the flowjax table does on import.
+    Returned as a NumPy array, a torch tensor or a JAX array (``framework``: ``"numpy"``,
+    ``"torch"`` or ``"jax"``); JAX needs x64 enabled, which the flowjax table does on import.
     """
     rng = numpy.random.default_rng(seed)
     z = rng.standard_normal((n, dim))
     z[::4] = rng.uniform(-4.0, 4.0, size=z[::4].shape)
+    if framework == "numpy":
+        return z
     if framework == "torch":
         import torch
 
@@ -109,7 +111,7 @@ def sweep_inputs(dim: int, seed: int, framework: str, n: int = 32) -> Any:
         import jax.numpy as jnp
 
         return jnp.asarray(z, dtype=jnp.float64)
-    raise ValueError(f"framework: expected 'torch' or 'jax', got {framework!r}")
+    raise ValueError(f"framework: expected 'numpy', 'torch' or 'jax', got {framework!r}")
 
 
 def run_entry(table: Any, entry: Entry, dim: int, scale: float, seed: int) -> SweepRow:
