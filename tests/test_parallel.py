@@ -365,6 +365,48 @@ def test_chunked_log_prob_and_sample_equal_unchunked(kind, threads, monkeypatch)
     numpy.testing.assert_allclose(lp, flow.base.log_prob(z) - log_det, rtol=1e-12, atol=0)
 
 
+@dataclass(frozen=True, eq=False)
+class _RowsWithContext:
+    """A rowwise method of (x, context) whose rows reveal a misaligned context block."""
+
+    recorder: Recorder = field(metadata={"static": True})
+    event_shape: tuple = (DIM,)
+
+    @P.rowwise
+    def value(self, x, context=None):
+        self.recorder.sizes.append((x.shape[0], None if context is None else context.shape))
+        return anp.sum(x, axis=-1) * 10.0 + anp.sum(context * anp.arange(1.0, 3.0), axis=-1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rowwise_cuts_the_context_rows_with_the_data_rows(threads, monkeypatch):
+    recorder = Recorder()
+    f = _RowsWithContext(recorder)
+    n = 10 * MIN_ROWS + 3
+    x = _data("float64", n)
+    c = numpy.random.default_rng(1).standard_normal((n, 2))
+    expected = numpy.sum(x, axis=-1) * 10.0 + c[:, 0] + 2.0 * c[:, 1]
+    monkeypatch.setattr(P, "_chunk_size", [4 * MIN_ROWS * (DIM + 2)])  # 4 * MIN_ROWS rows
+    P.set_threads(threads)
+    numpy.testing.assert_allclose(f.value(x, c), expected, rtol=1e-12, atol=0)
+    # three blocks, each cut in `threads` parts; each part's context has its rows
+    assert len(recorder.sizes) == 3 * threads
+    assert all(shape == (rows, 2) for rows, shape in recorder.sizes)
+    recorder.sizes.clear()
+    # one (C,) context for all rows: passed whole to every block
+    numpy.testing.assert_allclose(f.value(x, c[0]),
+                                  numpy.sum(x, axis=-1) * 10.0 + c[0, 0] + 2.0 * c[0, 1],
+                                  rtol=1e-12, atol=0)
+    assert len(recorder.sizes) > 1 and all(shape == (2,) for _, shape in recorder.sizes)
+    recorder.sizes.clear()
+    # a traced context: nothing is cut, and the gradient is the weights (1, 2) per row
+    grad = autograd.grad(lambda cc: anp.sum(f.value(x, cc)))(c)
+    numpy.testing.assert_array_equal(grad, numpy.tile([1.0, 2.0], (n, 1)))
+    grad_one = autograd.grad(lambda cc: anp.sum(f.value(x, cc)))(c[0])
+    numpy.testing.assert_allclose(grad_one, [n, 2.0 * n])
+    assert [rows for rows, _ in recorder.sizes] == [n, n]
+
+
 def test_a_block_holds_at_least_one_row_and_enough_rows_to_split(monkeypatch):
     calls = []
     monkeypatch.setattr(P, "_chunk_size", [1])

@@ -8,6 +8,7 @@ import numpy
 import pytest
 
 from refflow import backend as B
+from refflow import train
 from refflow.affine import Diagonal, Triangular
 from refflow.core import Flow
 from refflow.distributions import StandardNormal
@@ -224,3 +225,28 @@ def test_numpy_integers_are_integers():
     _, hist = fit_vi(_gauss_flow(), lambda z: -0.5 * z[:, 0] ** 2, steps=numpy.uint8(2),
                      rng=B.rng(0), batch_size=numpy.int64(4), eval_every=numpy.int16(1))
     assert hist["step"] == [1, 2]
+
+
+def test_batches_and_split_keep_each_context_row_with_its_data_row():
+    # row i of the data is (i, i) and of the context (-i): any misalignment shows
+    n = 50
+    data = numpy.repeat(numpy.arange(n, dtype=float)[:, None], 2, axis=1)
+    context = -numpy.arange(n, dtype=float)[:, None]
+    train_part, held = train._split((data, context), 0.2, B.rng(0))
+    assert held[0].shape == (10, 2) and train_part[0].shape == (40, 2)
+    for x, c in (train_part, held):
+        numpy.testing.assert_array_equal(x[:, 0], -c[:, 0])
+    seen = []
+    batches = train._batches(train_part, 16, B.rng(1))
+    for _ in range(6):  # more than two epochs
+        x, c = next(batches)
+        assert x.shape == (16, 2) and c.shape == (16, 1)
+        numpy.testing.assert_array_equal(x[:, 0], -c[:, 0])
+        seen.extend(x[:, 0].tolist())
+    # each epoch (2 batches of 16 of 40 rows) visits distinct rows
+    assert len(set(seen[:32])) == 32
+    # the same generator calls as for the data alone: the unconditional batches are unchanged
+    alone = train._batches(train_part[0], 16, B.rng(1))
+    paired = train._batches(train_part, 16, B.rng(1))
+    for _ in range(4):
+        numpy.testing.assert_array_equal(next(alone), next(paired)[0])
