@@ -718,11 +718,11 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
         # the flow and each step's parameters are tasks, not scattered data: a worker lost
         # with them is no loss, the scheduler recomputes them from the task's spec
         shared = c.submit(_identity, flow, pure=False)
-        for step in range(1, steps + 1):
-            rate = train.learning_rate(schedule, lr, step - 1, steps)
-            rows = B.to_numpy(next(batches))
+
+        def value_and_grads(p, step, rows):
+            """The batch NLL and its gradient: the sum of the parts computed on the workers."""
             owner = numpy.searchsorted(offsets, rows, side="right") - 1
-            sent = c.submit(_identity, params, pure=False)
+            sent = c.submit(_identity, p, pure=False)
             parts = [c.submit(_grad_part, settings, shared, sent, futures[b],
                               rows[owner == b] - offsets[b], size, pure=False)
                      for b in numpy.unique(owner)]
@@ -730,9 +730,14 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
             if sum(r[0] for r in results) != size:
                 raise RuntimeError(f"fit: step {step} covered {sum(r[0] for r in results)} "
                                    f"of {size} rows")
-            loss = sum(r[1] for r in results)
-            grads = [sum(g) for g in zip(*(r[2] for r in results))]
-            params, state = opt.step(params, train._clip(grads, clip_norm), state, lr=rate)
+            return (sum(r[1] for r in results),
+                    [sum(g) for g in zip(*(r[2] for r in results))])
+
+        for step in range(1, steps + 1):
+            rate = train.learning_rate(schedule, lr, step - 1, steps)
+            params, state, loss, grads = train._gradient_step(
+                value_and_grads, params, state, opt, rate, clip_norm, step,
+                B.to_numpy(next(batches)))
             history["loss"].append(float(B.to_numpy(loss)))
             if step % eval_every and step != steps:
                 continue
@@ -742,7 +747,6 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
             if callback is not None and callback(step, rebuild(params), history) is True:
                 break
     return rebuild(params), history
-
 
 
 # ------------------------------------------------------------------------- command line

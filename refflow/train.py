@@ -297,7 +297,8 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
         rng: Any = None, *, validation: float | Any = None, patience: int | None = None,
         eval_every: int = 50, schedule: str | Callable[[int], float] = "constant",
         clip_norm: float | None = None, callback: Callable[..., Any] | None = None,
-        progress: bool | None = None, context: Any = None) -> tuple[Any, dict]:
+        progress: bool | None = None, context: Any = None,
+        client: Any = None) -> tuple[Any, dict]:
     r"""Fit ``flow`` to ``data`` by maximum likelihood: Adam on mini-batches of the NLL.
 
     Parameters
@@ -324,6 +325,10 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     context : (N, C) array, row i the context of ``data[i]``, for a conditional flow: the
         NLL is then -(1/|B|) sum log p(x | c) over the batch's (x, c) pairs (each batch and
         the validation split take the same rows of both).
+    client : ``None`` (this process), or a Dask ``Client`` or scheduler address: the same
+        steps, each batch's gradient computed in parts on the workers, ``data`` a
+        ``dask.array`` or a list of shards (``refflow.dask.fit``; no validation, patience
+        or context there).
 
     Returns
     -------
@@ -355,6 +360,15 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     >>> bool(abs(flow.bijection.shift[0] - 3.0) < 0.3 and abs(flow.bijection.scale[0] - 2.0) < 0.3)
     True
     """
+    if client is not None:
+        if validation is not None or patience is not None or context is not None:
+            raise ValueError("client: data-parallel fit takes no validation, patience or "
+                             "context")
+        from refflow import dask as on_dask  # the optional extra: imported only when asked
+
+        return on_dask.fit(flow, data, steps, batch_size, lr, rng, client=client,
+                           eval_every=eval_every, schedule=schedule, clip_norm=clip_norm,
+                           callback=callback)
     _check_common(steps, batch_size, lr, rng, clip_norm, eval_every, schedule)
     if patience is not None:
         check_int("patience", patience)
