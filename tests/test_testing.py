@@ -645,3 +645,24 @@ def test_verify_catalog_missing_library_is_one_line_and_exit_2(monkeypatch, caps
     assert verify_main(["--catalog", "flowjax"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "flowjax" in err[0] and "refflow[peers]" in err[0]
+
+
+def test_inverse_raising_outside_its_open_image_is_not_a_failure():
+    # nflows' Tanh raises InputOutsideDomain for |x| >= 1: the finite-difference probes
+    # around x = tanh(4) = 0.99933 step past 1. The rows themselves are fine: no check may
+    # fail, the forward Jacobian still decides log_det, and what needs J_inv is inconclusive.
+    def inverse(x):
+        if numpy.abs(x).max() >= 1:
+            raise ValueError("outside (-1, 1)")
+        return numpy.arctanh(x), -numpy.log1p(-x * x).sum(-1)
+
+    z = numpy.array([[0.3, -0.5], [4.0, -3.9], [1.0, 2.0]])
+    report = check_bijection(lambda z: (numpy.tanh(z), numpy.log1p(-numpy.tanh(z) ** 2)
+                                        .sum(-1)), inverse, inputs=z)
+    assert report.failed == []
+    assert report["log_det"].passed and report["round_trip"].passed
+    assert "inverse_function_theorem" in report.inconclusive
+    assert "outside (-1, 1)" in report["inverse_function_theorem"].detail
+    bad = check_bijection(lambda z: (numpy.tanh(z), numpy.log1p(-numpy.tanh(z) ** 2).sum(-1)
+                                     + 0.1), inverse, inputs=z)
+    assert "log_det" in bad.failed
