@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy
 
+from refflow.testing.conditional import with_context
 from refflow.testing.differences import ArrayAdapter, autodiff_jacobian, richardson_jacobian
 from refflow.testing.report import CHECKS, CheckResult, Report
 
@@ -242,6 +243,7 @@ def check_bijection(
     step: float | None = None,
     log_det: Callable | None = None,
     autodiff: bool = True,
+    context: Any = None,
 ) -> Report:
     r"""Check a bijection x = f(z) numerically: inverse, log-det, Jacobian identities.
 
@@ -280,6 +282,14 @@ def check_bijection(
         -log_det(z, x), and ``call_order`` calls it in different orders.
     autodiff : use the inputs' framework (torch, JAX, autograd) for Jacobians too, where it
         can differentiate the callables and agrees with finite differences.
+    context : (N, C) or (C,) array of the inputs' kind, for a conditional bijection
+        x = f(z; c): the callables then take ``(z, context)`` (``(x, context)``; a
+        ``log_det`` takes ``(z, x, context)``) and every check runs at each row's fixed
+        context, on the augmented map (z, c) -> (f(z; c), c) (``refflow.testing.
+        conditional``): its log-det is f's in z; the inverse function theorem checks the
+        derivatives in c by finite differences; ``batch_independence`` and ``isolation``
+        evaluate a row with its context alone and among other contexts. A reported
+        ``input`` row is z followed by its context. ``density`` is not used with a context.
 
     Returns
     -------
@@ -348,6 +358,15 @@ def check_bijection(
                          f"got {type(log_det).__name__}")
     if inputs is None:
         inputs = _draw(dim, n, rng)
+    context_dim = 0
+    if context is not None:
+        if density is not None:
+            raise ValueError("density: the normalization check runs without a context")
+        z_dim = int(numpy.prod(numpy.shape(ArrayAdapter(inputs).to_host(inputs))[1:]))
+        forward, inverse, log_det, augmented, structure = with_context(
+            forward, inverse, log_det, inputs, context, _mask(structure, z_dim))
+        context_dim = int(numpy.prod(numpy.shape(augmented))) // len(augmented) - z_dim
+        inputs = augmented
     adapter = ArrayAdapter(inputs)
     host = adapter.to_host(inputs)
     if host.ndim < 2 or host.shape[0] < 1 or host.size == 0:
@@ -358,8 +377,10 @@ def check_bijection(
     s = _Session(forward, inverse, log_det, z, event_shape, adapter, _tolerances(tol))
     mask = _mask(structure, s.dim)
     checks = _run_checks(s, mask, density, domain, step, bool(autodiff))
-    meta = {"N": s.n, "D": s.dim, "dtype": numpy.dtype(adapter.np_dtype).name,
+    meta = {"N": s.n, "D": s.dim - context_dim, "dtype": numpy.dtype(adapter.np_dtype).name,
             "arrays": adapter.kind}
+    if context_dim:
+        meta["C"] = context_dim
     meta.update({f"{d} log_det": how for d, how in s.conventions.items()})
     order = list(CHECKS)
     checks.sort(key=lambda c: order.index(c.name))
