@@ -124,7 +124,9 @@ def _case(name: str, seed: int, batch: int):
     case = entry.factory(rng, dim)
     event_shape = tuple(case.event_shape or (dim,))
     z = case.inputs(rng, batch) if case.inputs else rng.standard_normal((batch,) + event_shape)
-    return case.bijection, B.to_numpy(z), event_shape
+    # a conditional case gets a valid context: only z is malformed here
+    context = rng.standard_normal((batch, case.context_dim)) if case.context_dim else None
+    return case.bijection, B.to_numpy(z), event_shape, context
 
 
 def _params():
@@ -142,18 +144,18 @@ draws = st.fixed_dictionaries({"seed": st.integers(0, 2**16), "batch": st.intege
 @fuzz
 @given(draw=draws)
 def test_bijections_refuse_malformed_arrays(name, kind, draw):
-    bijection, z, event_shape = _case(name, draw["seed"], draw["batch"])
+    bijection, z, event_shape, c = _case(name, draw["seed"], draw["batch"])
     rng = numpy.random.default_rng(draw["seed"])
-    x = B.to_numpy(bijection.forward(B.asarray(z))[0])
+    x = B.to_numpy(bijection.forward(B.asarray(z), context=c)[0])
     flow = Flow(StandardNormal(event_shape), bijection)
     # a bijection without fields (Reverse, Squeeze) takes any event size: not malformed
     may_work = MAY_WORK + (("wrong_event",) if not dataclasses.fields(bijection) else ())
-    _expect(kind, lambda: bijection.forward(_malformed(kind, z, rng)), f"{name}.forward",
-            may_work)
-    _expect(kind, lambda: bijection.inverse(_malformed(kind, x, rng)), f"{name}.inverse",
-            may_work)
-    _expect(kind, lambda: flow.log_prob(_malformed(kind, x, rng)), f"{name}: Flow.log_prob",
-            may_work)
+    _expect(kind, lambda: bijection.forward(_malformed(kind, z, rng), context=c),
+            f"{name}.forward", may_work)
+    _expect(kind, lambda: bijection.inverse(_malformed(kind, x, rng), context=c),
+            f"{name}.inverse", may_work)
+    _expect(kind, lambda: flow.log_prob(_malformed(kind, x, rng), context=c),
+            f"{name}: Flow.log_prob", may_work)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -234,11 +236,12 @@ def test_check_bijection_refuses_malformed_inputs(kind):
 @pytest.mark.standin
 @pytest.mark.parametrize("name", NAMES)
 def test_standin_complex_input_is_refused(name):
-    bijection, z, event_shape = _case(name, 0, 2)
+    bijection, z, event_shape, c = _case(name, 0, 2)
+    c = None if c is None else StrictArray(c)
     with pytest.raises(ValueError, match="real numbers"):
-        bijection.forward(StrictArray(z + 1j))
+        bijection.forward(StrictArray(z + 1j), context=c)
     with pytest.raises(ValueError, match="real numbers"):
-        Flow(StandardNormal(event_shape), bijection).log_prob(StrictArray(z + 1j))
+        Flow(StandardNormal(event_shape), bijection).log_prob(StrictArray(z + 1j), context=c)
 
 
 # ------------------------------------------------------------------------ model files
