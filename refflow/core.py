@@ -79,18 +79,12 @@ def _call(method, value, context):
 
 
 def _check_context(context: Any, context_dim: int, batch_shape: tuple, owner: str) -> Any:
-    """The context as the parts take it; ValueError naming ``context`` unless it fits.
+    """A given context as the parts take it; ValueError naming ``context`` unless it fits.
 
     A flow with context dimension C takes ``batch_shape + (C,)`` (one row per data row) or
     ``(C,)`` (one context for every row); a context whose leading axes are all 1 counts as
     the latter and is returned as (C,). A flow with C = 0 takes none.
     """
-    if context is None:
-        if context_dim:
-            raise ValueError(f"context: {owner} expects a context of dimension {context_dim} "
-                             f"(shape ({context_dim},) or batch_shape + ({context_dim},)), "
-                             f"got None")
-        return None
     if not context_dim:
         raise ValueError(f"context: {owner} takes no context (context_dim 0), got one of "
                          f"shape {tuple(getattr(context, 'shape', ()))}")
@@ -257,9 +251,10 @@ class Flow:
     the Jacobian taken in x only (c is an input, not a variable of the change of variables).
     Every method takes ``context``: shape ``batch_shape + (C,)`` (one row per data row or
     sample) or ``(C,)`` (one context for all rows). A context for a flow that takes none, a
-    missing one, a wrong C, or a row count that matches neither the data nor 1, raises
-    ``ValueError`` naming ``context``. To draw S samples for each of M contexts, repeat each
-    row S times (``repeat_context``) and reshape: ``sample(M * S, rng,
+    wrong C, or a row count that matches neither the data nor 1, raises ``ValueError``
+    naming ``context``; so does a missing one, from the conditional part that needs it (the
+    flow itself checks nothing when no context is given). To draw S samples for each of M
+    contexts, repeat each row S times (``repeat_context``) and reshape: ``sample(M * S, rng,
     context=repeat_context(c, S)).reshape(M, S, *event_shape)``.
 
     The rows of a batch are independent, so ``log_prob`` and ``push_forward`` are marked
@@ -297,13 +292,17 @@ class Flow:
         return max(context_dim_of(self.base), context_dim_of(self.bijection))
 
     def _context(self, context: Any, value: Any) -> Any:
-        if context is None and not self.context_dim:
+        if context is None:
+            # nothing to check, so an unconditional flow costs what it did before contexts;
+            # a conditional part called without one raises its own ValueError
             return None
         batch_shape = tuple(value.shape[: len(value.shape) - len(self.event_shape)])
         return _check_context(context, self.context_dim, batch_shape, "this flow")
 
     def _base_log_prob(self, z, context):
-        return _call(self.base.log_prob, z, context if context_dim_of(self.base) else None)
+        if context is None or not context_dim_of(self.base):
+            return self.base.log_prob(z)
+        return self.base.log_prob(z, context)
 
     @rowwise
     def log_prob(self, x, context=None):
@@ -327,6 +326,8 @@ class Flow:
     def sample_and_log_prob(self, n: int, rng, context=None):
         """n samples and their log-densities in one pass (the reparameterisation trick)."""
         check_int("n", n)
+        if context is None:
+            return self.push_forward(self.base.sample(n, rng))
         context = _check_context(context, self.context_dim, (n,), "this flow")
         if context_dim_of(self.base):
             z = self.base.sample(n, rng, context)
