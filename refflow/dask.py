@@ -179,10 +179,14 @@ def _row_chunks(n: int, chunks: Any) -> tuple[int, ...]:
     return tuple(int(c) for c in sizes)
 
 
-def _check_flow(flow: Any, *methods: str) -> tuple:
+def _check_flow(flow: Any, *methods: str, conditional: bool = True) -> tuple:
     event = tuple(getattr(flow, "event_shape", ()))
     if not event or not all(callable(getattr(flow, m, None)) for m in methods):
         raise ValueError(f"flow: expected a refflow.Flow, got {type(flow).__name__}")
+    if not conditional and getattr(flow, "context_dim", 0):
+        # raised here rather than lazily on every worker
+        raise ValueError(f"flow: a conditional flow (context_dim {flow.context_dim}); "
+                         f"refflow.dask samples and trains unconditional flows only")
     return event
 
 
@@ -297,7 +301,7 @@ def _sample_parts(flow: Any, n: int, seed: int, chunks: Any):
     import dask
     import dask.array as da
 
-    event = _check_flow(flow, "sample_and_log_prob")
+    event = _check_flow(flow, "sample_and_log_prob", conditional=False)
     seed = check_int("seed", seed, minimum=0)
     sizes = _row_chunks(n, chunks)
     dtype = _result_dtype(flow, _base_dtype(flow))
@@ -385,7 +389,7 @@ def _mc_chunk(flow, log_target, settings, seed, i, size):
 
 def _mc_stats(q, log_target, n, seed, chunks, client):
     """The per-chunk statistics of ``_mc_chunk``, in chunk order."""
-    _check_flow(q, "sample_and_log_prob")
+    _check_flow(q, "sample_and_log_prob", conditional=False)
     if not callable(log_target):
         raise ValueError(f"log_target: expected a callable z -> log p~(z), got {log_target!r}")
     seed = check_int("seed", seed, minimum=0)
@@ -698,7 +702,7 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
     from refflow import train
 
     train._check_common(steps, batch_size, lr, rng, clip_norm, eval_every, schedule)
-    event = _check_flow(flow, "log_prob")
+    event = _check_flow(flow, "log_prob", conditional=False)
     distributed = _distributed()
     settings = _settings()
     params, rebuild = train._flat_parameters(flow)  # one vector, as refflow.fit trains

@@ -124,6 +124,11 @@ def test_log_prob_with_context(client):
         rd.log_prob(flow, rows)
     with pytest.raises(ValueError, match="context: expected shape"):
         rd.log_prob(flow, rows, context=C[:10])
+    # sampling, Monte Carlo and training take unconditional flows only: refused up front
+    with pytest.raises(ValueError, match="flow: a conditional flow"):
+        rd.sample(flow, 10, 0, 5)
+    with pytest.raises(ValueError, match="flow: a conditional flow"):
+        rd.fit(flow, [X], steps=1, rng=B.rng(0), client=client)
 
 
 def test_log_prob_bad_input():
