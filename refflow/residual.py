@@ -540,7 +540,7 @@ class Planar:
         from an MLP with ``hidden`` layers, started near such a random planar flow.
         """
         if check_int("context_dim", context_dim, minimum=0):
-            return Amortised.init(rng, cls, dim, context_dim, hidden, dtype)
+            return Amortised.init(rng, dim, cls, context_dim, hidden, dtype)
         dim = check_int("dim", dim)
         w = rng.standard_normal((dim,), dtype=dtype) / math.sqrt(dim)
         u = rng.standard_normal((dim,), dtype=dtype) / math.sqrt(dim)
@@ -661,7 +661,7 @@ class Radial:
         (z0, log alpha, softplus^{-1}(alpha + beta)) = H(c), started near such a radial flow.
         """
         if check_int("context_dim", context_dim, minimum=0):
-            return Amortised.init(rng, cls, dim, context_dim, hidden, dtype)
+            return Amortised.init(rng, dim, cls, context_dim, hidden, dtype)
         z0 = rng.standard_normal((check_int("dim", dim),), dtype=dtype)
         alpha = np.exp(0.5 * rng.standard_normal((1,), dtype=dtype))
         return cls(z0, alpha, softplus(rng.standard_normal((1,), dtype=dtype)) - alpha)
@@ -799,7 +799,7 @@ class Amortised:
                              f"vector for any dimension D")
 
     @classmethod
-    def init(cls, rng, family: type, dim: int, context_dim: int, hidden: tuple = (32,),
+    def init(cls, rng, dim: int, family: type, context_dim: int, hidden: tuple = (32,),
              dtype: Any = None) -> Amortised:
         """H starts at a random ``family.init`` flow (its last bias) plus 0.1 of a random
         c-dependent part (its last weight), so that every context starts at a valid,

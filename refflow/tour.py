@@ -66,10 +66,11 @@ class Construct:
     cost: str
     build: Callable[[Any], Any]   # rng -> bijection
     event_shape: tuple = (D,)
+    context_dim: int = 0          # C > 0: checked at a fixed context, one row per sample
 
 
-def _c(name, section, cost, build, event_shape=(D,)):
-    return Construct(name, section, cost, build, event_shape)
+def _c(name, section, cost, build, event_shape=(D,), context_dim=0):
+    return Construct(name, section, cost, build, event_shape, context_dim)
 
 
 _FBM, _AFF, _EW = "Flow-based Models", "Affine flows", "Element-wise flows"
@@ -131,6 +132,9 @@ CONSTRUCTS: tuple[Construct, ...] = (
        lambda r: Planar.init(r, D)),
     _c("Radial", f"{_RES}: radial flow", "O(D), inverse by bisection",
        lambda r: Radial.init(r, D)),
+    _c("Amortised", f"{_RES}: planar flow, parameters from a network of the context",
+       "hypernetwork pass + O(D)", lambda r: Planar.init(r, D, context_dim=2, hidden=(8,)),
+       context_dim=2),
 )
 
 
@@ -142,10 +146,11 @@ def check_construct(construct: Construct, rng: Any, n: int = 8) -> dict:
     """
     f = construct.build(rng)
     z = rng.standard_normal((n,) + tuple(construct.event_shape))
-    x, log_det = f.forward(z)
-    z_back, _ = f.inverse(x)
+    c = rng.standard_normal((n, construct.context_dim)) if construct.context_dim else None
+    x, log_det = f.forward(z, context=c)
+    z_back, _ = f.inverse(x, context=c)
     roundtrip = float(np.max(np.abs(B.to_numpy(z_back) - B.to_numpy(z))))
-    J = B.to_numpy(numerical_jacobian(lambda u: f.forward(u)[0], z))
+    J = B.to_numpy(numerical_jacobian(lambda u: f.forward(u, context=c)[0], z))
     _, fd = np.linalg.slogdet(J)
     gap = float(np.max(np.abs(B.to_numpy(log_det) - fd)))
     return {"construct": construct.name, "section": construct.section,

@@ -133,8 +133,8 @@ def test_construct_check_sees_a_wrong_log_det():
     from refflow.affine import Diagonal
 
     class Wrong(Diagonal):
-        def forward(self, z):
-            x, log_det = super().forward(z)
+        def forward(self, z, context=None):
+            x, log_det = super().forward(z, context)
             return x, 2.0 * log_det
 
     bad = replace(CONSTRUCTS[3], build=lambda r: Wrong(B.asarray([2.0, 3.0, 1.0, 1.0]),
