@@ -54,7 +54,7 @@ from typing import Any
 import autograd.numpy as np
 
 from refflow import backend as B
-from refflow.checks import check_array, check_int
+from refflow.checks import check_array, check_context, check_int
 from refflow.fast import replaceable
 from refflow.nn import MLP, MaskedMLP
 from refflow.nn import activation as _activation
@@ -162,23 +162,6 @@ def _order(order: Any, dim: int, rng: Any) -> tuple:
     if sorted(perm) != list(range(dim)):
         raise ValueError(f"order: expected a permutation of 0..{dim - 1}, got {list(perm)}")
     return perm
-
-
-def _check_context(owner: str, context_dim: int, context: Any, batch_shape: tuple) -> None:
-    """ValueError naming ``context`` unless it fits: None for C = 0, else (C,) or batch + (C,)."""
-    if context is None:
-        if context_dim:
-            raise ValueError(f"context: {owner} expects a context of dimension {context_dim} "
-                             f"(shape ({context_dim},) or batch + ({context_dim},)), got None")
-        return
-    shape = tuple(getattr(context, "shape", ()))
-    if not context_dim:
-        raise ValueError(f"context: {owner} takes no context (context_dim 0), got an array of "
-                         f"shape {shape}")
-    check_array("context", context, min_ndim=1, last=context_dim, finite=False)
-    if shape[:-1] not in ((), tuple(batch_shape)):
-        raise ValueError(f"context: expected shape ({context_dim},) or "
-                         f"{tuple(batch_shape) + (context_dim,)}, got {shape}")
 
 
 def _made_masks(order: tuple, hidden: tuple, outputs_per_dim: int, dtype: Any,
@@ -330,7 +313,7 @@ class MADE:
         raises ValueError naming it. Each layer's context term b_l + c U_l is computed here,
         once: a sequential direction reuses it in its D passes.
         """
-        _check_context("MADE", self.context_dim, context, batch_shape)
+        context = check_context("MADE", context, self.context_dim, batch_shape)
         if context is None:
             return self
         return MADE(self.net.conditioned(context), self.order, self.outputs_per_dim)
@@ -401,7 +384,7 @@ class _Autoregressive:
         """
         if not self.context_dim:
             return self.made
-        _check_context(type(self).__name__, self.context_dim, context, v.shape[:-1])
+        context = check_context(type(self).__name__, context, self.context_dim, v.shape[:-1])
         if isinstance(self.made, MADE):
             return self.made.conditioned(context, v.shape[:-1])
         return lambda u: self.made(u, context)
@@ -688,7 +671,7 @@ class SlowMAF:
         is then passed by)."""
         if not self.context_dim:
             return []
-        _check_context("SlowMAF", self.context_dim, context, y.shape[:-1])
+        context = check_context("SlowMAF", context, self.context_dim, y.shape[:-1])
         return [context + np.zeros_like(y[..., :1])]
 
     def _theta_first(self, y, c: list):

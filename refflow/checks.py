@@ -14,7 +14,8 @@ import autograd.numpy as np
 
 from refflow.backend import is_array, is_traced, to_numpy
 
-__all__ = ["check_array", "check_finite", "check_positive", "check_int", "check_real"]
+__all__ = ["check_array", "check_finite", "check_positive", "check_int", "check_real",
+           "check_context"]
 
 # NumPy dtype kinds of real numbers: bool, signed and unsigned integers, floats
 _REAL_KINDS = "biuf"
@@ -107,3 +108,37 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_context(owner: str, context: Any, context_dim: int, batch_shape: tuple,
+                  finite: bool = False) -> Any:
+    """A conditional bijection's context after the protocol's checks (DESIGN.md section 2).
+
+    ``owner`` (a class name, "this flow") is named in the messages. With ``context_dim`` C > 0
+    the context must be ``batch_shape + (C,)`` (one row per data row) or ``(C,)`` (one for
+    every row); a context whose leading axes are all 1 counts as the latter and comes back as
+    (C,). A missing context, one given where C = 0, a wrong C or a wrong number of rows is a
+    ``ValueError`` naming ``context``. Shapes only (no pass over the data) unless ``finite``.
+    Returns the context, or None when C = 0 and none was given.
+    """
+    if context is None:
+        if context_dim:
+            raise ValueError(f"context: {owner} expects a context of dimension {context_dim} "
+                             f"(shape ({context_dim},) or batch_shape + ({context_dim},)), "
+                             "got None")
+        return None
+    shape = tuple(getattr(context, "shape", ()))
+    if not context_dim:
+        raise ValueError(f"context: {owner} takes no context (context_dim 0), got one of "
+                         f"shape {shape}")
+    check_array("context", context, min_ndim=1, finite=finite)
+    if shape[-1] != context_dim:
+        raise ValueError(f"context: {owner} expects a context of dimension {context_dim} in "
+                         f"its last axis, got shape {shape}")
+    if len(shape) == 1 or shape[:-1] == tuple(batch_shape):
+        return context
+    if all(size == 1 for size in shape[:-1]):
+        return np.reshape(context, (context_dim,))
+    raise ValueError(f"context: {owner} expects shape ({context_dim},) or batch_shape + "
+                     f"({context_dim},) = {tuple(batch_shape) + (context_dim,)} (one row per "
+                     f"data row, or one for all), got {shape}")

@@ -40,7 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import autograd.numpy as np
 
-from refflow.checks import check_array, check_int
+from refflow.checks import check_array, check_context, check_int
 from refflow.parallel import rowwise
 
 __all__ = ["Bijection", "Compose", "Inverse", "Flow", "context_dim_of", "repeat_context"]
@@ -76,30 +76,6 @@ def repeat_context(context: Any, samples: int) -> Any:
 def _call(method, value, context):
     # None is never passed on: a bijection written before contexts existed keeps working
     return method(value) if context is None else method(value, context=context)
-
-
-def _check_context(context: Any, context_dim: int, batch_shape: tuple, owner: str) -> Any:
-    """A given context as the parts take it; ValueError naming ``context`` unless it fits.
-
-    A flow with context dimension C takes ``batch_shape + (C,)`` (one row per data row) or
-    ``(C,)`` (one context for every row); a context whose leading axes are all 1 counts as
-    the latter and is returned as (C,). A flow with C = 0 takes none.
-    """
-    if not context_dim:
-        raise ValueError(f"context: {owner} takes no context (context_dim 0), got one of "
-                         f"shape {tuple(getattr(context, 'shape', ()))}")
-    check_array("context", context, min_ndim=1)
-    shape = tuple(context.shape)
-    if shape[-1] != context_dim:
-        raise ValueError(f"context: {owner} expects a context of dimension {context_dim} "
-                         f"in its last axis, got shape {shape}")
-    if len(shape) == 1 or shape[:-1] == tuple(batch_shape):
-        return context
-    if all(s == 1 for s in shape[:-1]):
-        return np.reshape(context, (context_dim,))
-    raise ValueError(f"context: expected shape ({context_dim},) or batch_shape + "
-                     f"({context_dim},) = {tuple(batch_shape) + (context_dim,)}: one row "
-                     f"per data row or one for all, got shape {shape}")
 
 
 @runtime_checkable
@@ -297,7 +273,7 @@ class Flow:
             # a conditional part called without one raises its own ValueError
             return None
         batch_shape = tuple(value.shape[: len(value.shape) - len(self.event_shape)])
-        return _check_context(context, self.context_dim, batch_shape, "this flow")
+        return check_context("this flow", context, self.context_dim, batch_shape, finite=True)
 
     def _base_log_prob(self, z, context):
         if context is None or not context_dim_of(self.base):
@@ -328,7 +304,7 @@ class Flow:
         check_int("n", n)
         if context is None:
             return self.push_forward(self.base.sample(n, rng))
-        context = _check_context(context, self.context_dim, (n,), "this flow")
+        context = check_context("this flow", context, self.context_dim, (n,), finite=True)
         if context_dim_of(self.base):
             z = self.base.sample(n, rng, context)
         else:

@@ -46,7 +46,7 @@ import autograd.numpy as np
 
 from refflow import backend as B
 from refflow.backend import is_array, to_numpy
-from refflow.checks import check_array, check_int, check_positive
+from refflow.checks import check_array, check_context, check_int, check_positive
 from refflow.fast import replaceable
 from refflow.nn import MLP, ConvNet
 
@@ -152,17 +152,10 @@ def _context_input(context: Any, z: Any, context_dim: int, event_ndim: int, owne
     Lecture: "Coupling flows". The context is an input of Theta like z^B, never a parameter:
     x^A = f^(z^A; Theta(z^B, c)), and for each fixed c the map z -> x is a coupling.
     """
-    if context is None:
-        raise ValueError(f"context: this {owner} expects a context of dimension {context_dim} "
-                         f"(shape (N, {context_dim}) or ({context_dim},)), got None")
-    check_array("context", context, min_ndim=1, finite=False)
     z_shape = tuple(np.shape(z))
     batch = z_shape[: len(z_shape) - event_ndim]
+    context = check_context(f"this {owner}", context, context_dim, batch)
     shape = tuple(np.shape(context))
-    if shape not in ((context_dim,), batch + (context_dim,)):
-        raise ValueError(f"context: this {owner} expects a context of dimension {context_dim}, "
-                         f"of shape {batch + (context_dim,)} or ({context_dim},); got shape "
-                         f"{shape}")
     if event_ndim == 1 and shape[:-1] == batch:
         return context
     if event_ndim == 3 and len(shape) > 1:

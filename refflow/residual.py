@@ -44,7 +44,7 @@ import autograd.numpy as np
 from autograd import make_vjp
 
 from refflow.backend import eye_like, to_numpy
-from refflow.checks import check_array, check_int
+from refflow.checks import check_array, check_context, check_int
 from refflow.jacobian import jacobian
 from refflow.linalg import logabsdet_lowrank, slogdet
 from refflow.nn import (
@@ -123,22 +123,11 @@ def _context_rows(context):
 
 
 def _check_context(owner: Any, context: Any, batch_shape: tuple) -> Any:
-    """The context after the contract's checks: batch_shape + (C,) or (C,); None when C = 0.
-
-    A block without a context (C = 0) passes any context by, as every unconditional part does.
-    """
+    """The context of a block after the protocol's checks; a block with C = 0 passes any
+    context by, as every unconditional part does (None)."""
     dim = getattr(owner, "context_dim", 0)
-    if not dim:
-        return None
-    name = type(owner).__name__
-    if context is None:
-        raise ValueError(f"context: {name} expects a context of dimension {dim} (shape "
-                         f"({dim},) or batch_shape + ({dim},)), got None")
-    check_array("context", context, min_ndim=1, last=dim)
-    if context.ndim > 1 and tuple(context.shape[:-1]) != tuple(batch_shape):
-        raise ValueError(f"context: expected shape ({dim},) or {tuple(batch_shape) + (dim,)} "
-                         f"(one row per data row), got {tuple(context.shape)}")
-    return context
+    return (check_context(type(owner).__name__, context, dim, batch_shape, finite=True)
+            if dim else None)
 
 
 def _power_series(J, terms: int):
