@@ -49,6 +49,7 @@ from refflow.backend import is_array, to_numpy
 from refflow.checks import check_array, check_context, check_int, check_positive
 from refflow.fast import replaceable
 from refflow.nn import MLP, ConvNet
+from refflow.ops import take_last
 
 __all__ = [
     "Coupling",
@@ -197,7 +198,7 @@ class _CouplingParts:
     def _parts(self, z, name: str = "z"):
         """(z^B, z^A): with a mask, z^B is b * z and z^A is all of z (only 1 - b is kept)."""
         z_b = self._conditioning(z, name)
-        return z_b, (z if self._masked() else z[..., self.split :])  # (..., C - d)
+        return z_b, (z if self._masked() else take_last(z, self.split))  # (..., C - d)
 
     def _conditioning(self, z, name: str = "z"):
         """z^B, the conditioner's input (b * z for a mask), after checking z's shape."""
@@ -213,7 +214,7 @@ class _CouplingParts:
         if np.shape(z)[-1] <= self.split:
             raise ValueError(f"{name}: expected more than split = {self.split} coordinates on "
                              f"the last axis, got shape {tuple(np.shape(z))}")
-        return z[..., : self.split]  # (..., d)
+        return take_last(z, 0, self.split)  # (..., d)
 
     def _with_context(self, z_b, z, context):
         """The conditioner's input: z^B, then the context (none for an unconditional layer,
@@ -237,7 +238,7 @@ class _CouplingParts:
         """x = (z^B, x^A): x^B = z^B is copied."""
         if self._masked():
             return self.split * z + (1.0 - self.split) * x_a
-        return np.concatenate([z[..., : self.split], x_a], axis=-1)
+        return np.concatenate([take_last(z, 0, self.split), x_a], axis=-1)
 
     def _active(self, per_coordinate, halves: int = 1):
         """Zero the per-coordinate values (log-derivatives, scales) outside z^A; ``halves``
@@ -570,10 +571,10 @@ def affine_coupling(z, out, split: int, bound: float | None, inverse: bool = Fal
     s and the update are computed once and shared by the value and the log-det.
     """
     k = out.shape[-1] // 2
-    s, t = out[..., :k], out[..., k:]  # (..., C - split) each
+    s, t = take_last(out, 0, k), take_last(out, k)  # (..., C - split) each
     if bound is not None:
         s = bound * np.tanh(s / bound)
-    z_b, z_a = z[..., :split], z[..., split:]
+    z_b, z_a = take_last(z, 0, split), take_last(z, split)
     if inverse:
         return np.concatenate([z_b, (z_a - t) * np.exp(-s)], axis=-1), -np.sum(s, axis=-1)
     return np.concatenate([z_b, z_a * np.exp(s) + t], axis=-1), np.sum(s, axis=-1)

@@ -45,7 +45,7 @@ import autograd.numpy as np
 from autograd.extend import SparseObject, defvjp, primitive, vspace
 from autograd.numpy.numpy_vjps import unbroadcast_f
 
-__all__ = ["where", "maximum", "minimum", "take", "segment"]
+__all__ = ["where", "maximum", "minimum", "take", "take_last", "segment"]
 
 
 @primitive
@@ -100,6 +100,11 @@ def take(x: Any, index: Any) -> Any:
     """``x[index]`` for a basic index; its gradient is added in place, not by ``add.at``."""
     _check_basic(index)
     return x[index]
+
+
+def take_last(x: Any, start: int | None, stop: int | None = None) -> Any:
+    """``x[..., start:stop]``, a slice of the last axis, by ``take``."""
+    return take(x, (Ellipsis, slice(start, stop)))
 
 
 @primitive
