@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from pyro.distributions import transforms as T
+from pyro.nn import AutoRegressiveNN
 
 from refflow.testing.catalog import Entry
 from refflow.testing.catalog._torch import distribution_pair, perturbed, randn
@@ -19,17 +20,49 @@ from refflow.testing.catalog._torch import distribution_pair, perturbed, randn
 FRAMEWORK = "torch"
 
 
-def _module(make, invertible=True):
+def _module(make, invertible=True, arguments=distribution_pair):
     def build(dim: int, scale: float, seed: int) -> dict:
         torch.manual_seed(seed)
         t = make(dim)
         if isinstance(t, torch.nn.Module):
             t = perturbed(t, scale, seed)
-        pair = distribution_pair(t)
+        pair = arguments(t)
         if not invertible:
             pair["inverse"] = None
         return pair
     return build
+
+
+def _float64_default(t):
+    """check_bijection's arguments for ``t``, each call run with torch's default dtype float64.
+
+    pyro's ``AffineAutoregressive`` inverse starts from ``torch.zeros(...)`` without a dtype,
+    a float32 tensor under torch's default, and then fails on a float64 module (peer bug, see
+    the ``affine_autoregressive`` row); pyro's own tests set the default dtype to float64.
+    This entry does the same, so that the map itself is checked, not only that crash.
+    """
+    def under_float64(fn):
+        def call(*args):
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float64)
+            try:
+                return fn(*args)
+            finally:
+                torch.set_default_dtype(previous)
+        return call
+    return {name: under_float64(fn) for name, fn in distribution_pair(t).items()}
+
+
+def _spline_autoregressive_quadratic(d, bins=6):
+    """A quadratic ``SplineAutoregressive`` with a network of the three outputs it unpacks.
+
+    pyro's helper ``spline_autoregressive(..., order="quadratic")`` builds the linear
+    spline's four-output network, which the quadratic spline cannot unpack (peer bug, see
+    the ``spline_autoregressive (quadratic)`` row); this is the construction the helper
+    should make.
+    """
+    arn = AutoRegressiveNN(d, [16], param_dims=[bins, bins, bins - 1])
+    return T.SplineAutoregressive(d, arn, count_bins=bins, order="quadratic")
 
 
 def _lower_cholesky_affine(d):
@@ -39,11 +72,15 @@ def _lower_cholesky_affine(d):
 
 ENTRIES = (
     Entry("affine_autoregressive", _module(lambda d: T.affine_autoregressive(d, [16]))),
+    Entry("affine_autoregressive (default dtype float64)", _module(
+        lambda d: T.affine_autoregressive(d, [16]), arguments=_float64_default)),
     Entry("affine_coupling", _module(lambda d: T.affine_coupling(d, [16]))),
     Entry("spline_autoregressive (linear)", _module(
         lambda d: T.spline_autoregressive(d, [16], count_bins=6))),
     Entry("spline_autoregressive (quadratic)", _module(
         lambda d: T.spline_autoregressive(d, [16], count_bins=6, order="quadratic"))),
+    Entry("SplineAutoregressive (quadratic, 3-output network)", _module(
+        _spline_autoregressive_quadratic)),
     Entry("spline_coupling", _module(lambda d: T.spline_coupling(d, hidden_dims=[16],
                                                                  count_bins=6))),
     Entry("spline (linear)", _module(lambda d: T.spline(d, count_bins=6))),
