@@ -46,3 +46,13 @@ def test_every_table_entry_name_is_unique():
         pytest.importorskip(library)
         names = [e.name for e in catalog.load(library).ENTRIES]
         assert len(names) == len(set(names)) and names
+
+
+def test_nflows_linear_spline_float32_inverse_is_caught():
+    # a genuine peer bug (docs/conformance.md): the inverse's bin boundaries are float32
+    # (torch.linspace at the default dtype), so a float64 round trip is only good to ~1e-7
+    pytest.importorskip("nflows")
+    rows = catalog.sweep("nflows", dims=(2,), scales=(0.2,), names=["PiecewiseLinearCDF"])
+    report = rows[0].report
+    assert "round_trip" in report.failed and report["round_trip"].error > 1e-9, \
+        catalog.conformance_table(rows)
