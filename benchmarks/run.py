@@ -1,7 +1,9 @@
 r"""refflow against zuko, nflows and flowjax, in the same process and the same run.
 
 For every model of ``benchmarks/models.py`` (MAF, RealNVP, a rational-quadratic spline
-flow), D in {2, 16, 64}, batch 256 and 8192, float32 and float64, it times ``log_prob``,
+flow, and MAF and the spline flow conditioned on a context of 8 values: ``cmaf``, ``cnsf``,
+against zuko and nflows only, the context drawn from N(0, 1) once per batch, one row per
+data row), D in {2, 16, 64}, batch 256 and 8192, float32 and float64, it times ``log_prob``,
 ``log_prob`` + gradient (a training step without the optimiser) and ``sample``. The three
 libraries are timed interleaved (one call each, in rotating order, ``--repeats`` times,
 after one warm-up call each), so that load changes hit all of them alike; the table gives
@@ -40,7 +42,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks.models import BUILDERS, MODELS, TORCH_LIBRARIES
+from benchmarks.models import BUILDERS, CONDITIONAL, CONTEXT, MODELS, TORCH_LIBRARIES
 
 OPS = ("log_prob", "grad", "sample")
 OP_NAMES = {"log_prob": "log_prob", "grad": "log_prob + grad", "sample": "sample"}
@@ -100,7 +102,9 @@ def measure(impls: dict, op: str, x_host, batch: int, repeats: int, budget_s: fl
     """
     calls = {}
     for lib, impl in impls.items():
-        arg = batch if op == "sample" else impl.prepare(x_host)
+        # a conditional model's input is the pair (x, c), for sampling too (c: one per sample)
+        sample_n = op == "sample" and not isinstance(x_host, tuple)
+        arg = batch if sample_n else impl.prepare(x_host)
         fn = {"log_prob": impl.log_prob, "grad": impl.loss_grad, "sample": impl.sample}[op]
         calls[lib] = (fn, arg, impl.sync)
     times = {lib: [] for lib in impls}
@@ -154,7 +158,8 @@ def run_grid(args) -> dict:
     for model in args.models:
         for dim in args.dims:
             for dtype in args.dtypes:
-                impls = {lib: _build(lib, model, dim, dtype, args) for lib in libs}
+                impls = {lib: _build(lib, model, dim, dtype, args) for lib in libs
+                         if not (lib == "flowjax" and model in CONDITIONAL)}
                 counts = {lib: impl.n_params for lib, impl in impls.items()}
                 compiled = {lib: impl.compile_seconds for lib, impl in impls.items()
                             if hasattr(impl, "compile_seconds")}
@@ -162,6 +167,8 @@ def run_grid(args) -> dict:
                 for batch in sorted(args.batches):
                     # data from a standard normal: inside every flow's domain
                     x = host.standard_normal((batch, dim)).astype(dtype)
+                    if model in CONDITIONAL:
+                        x = (x, host.standard_normal((batch, CONTEXT)).astype(dtype))
                     for op in args.ops:
                         row = dict(model=model, dim=dim, dtype=dtype, batch=batch, op=op,
                                    params=counts)
@@ -299,7 +306,10 @@ def markdown(result: dict, title: str) -> str:
             continue
         r, g = ratio(row), goal(row)
         cells = [row["model"], str(row["dim"]), row["dtype"], str(row["batch"]),
-                 OP_NAMES[row["op"]], *[f"{1e3 * row['seconds'][lib]:.2f}" for lib in libs],
+                 OP_NAMES[row["op"]],
+                 # "-": a library not run on this model (flowjax on the conditional ones)
+                 *[f"{1e3 * row['seconds'][lib]:.2f}" if lib in row["seconds"] else "-"
+                   for lib in libs],
                  f"{r:.2f}", ("-" if r != r else "met" if r <= g else f"not met (<= {g})")]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "Geometric mean of refflow / best peer:", "",
