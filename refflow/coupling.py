@@ -153,10 +153,10 @@ def _context_input(context: Any, z: Any, context_dim: int, event_ndim: int, owne
     Lecture: "Coupling flows". The context is an input of Theta like z^B, never a parameter:
     x^A = f^(z^A; Theta(z^B, c)), and for each fixed c the map z -> x is a coupling.
     """
-    z_shape = tuple(np.shape(z))
+    z_shape = tuple(z.shape)
     batch = z_shape[: len(z_shape) - event_ndim]
     context = check_context(f"this {owner}", context, context_dim, batch)
-    shape = tuple(np.shape(context))
+    shape = tuple(context.shape)
     if event_ndim == 1 and shape[:-1] == batch:
         return context
     if event_ndim == 3 and len(shape) > 1:
@@ -206,14 +206,14 @@ class _CouplingParts:
         if self._masked():
             # shapes only, so traced values are checked too: a wrong event shape would
             # otherwise broadcast against the mask or fail deep inside NumPy
-            event = tuple(np.shape(self.split))
-            if tuple(np.shape(z)[-self.event_ndim:]) != event:
+            event = tuple(self.split.shape)
+            if tuple(z.shape[-self.event_ndim:]) != event:
                 raise ValueError(f"{name}: expected the event shape {event} of the mask, got "
-                                 f"shape {tuple(np.shape(z))}")
+                                 f"shape {tuple(z.shape)}")
             return self.split * z
-        if np.shape(z)[-1] <= self.split:
+        if z.shape[-1] <= self.split:
             raise ValueError(f"{name}: expected more than split = {self.split} coordinates on "
-                             f"the last axis, got shape {tuple(np.shape(z))}")
+                             f"the last axis, got shape {tuple(z.shape)}")
         return take_last(z, 0, self.split)  # (..., d)
 
     def _with_context(self, z_b, z, context):
@@ -227,12 +227,12 @@ class _CouplingParts:
     def _check_output(self, name: str, z, out, per_coordinate: int) -> None:
         """The conditioner's output must hold ``per_coordinate`` numbers per coordinate of z^A:
         otherwise z has the wrong size (the conditioner reads only z^B, so it cannot tell)."""
-        c = np.shape(z)[-1]
+        c = z.shape[-1]
         n_a = c if self._masked() else c - self.split
-        if np.shape(out)[-1] != per_coordinate * n_a:
-            expected = np.shape(out)[-1] // per_coordinate + (0 if self._masked() else self.split)
+        if out.shape[-1] != per_coordinate * n_a:
+            expected = out.shape[-1] // per_coordinate + (0 if self._masked() else self.split)
             raise ValueError(f"{name}: expected {expected} coordinates on the last axis (the "
-                             f"size the conditioner was built for), got shape {tuple(np.shape(z))}")
+                             f"size the conditioner was built for), got shape {tuple(z.shape)}")
 
     def _merge(self, z, x_a):
         """x = (z^B, x^A): x^B = z^B is copied."""

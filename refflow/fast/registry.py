@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from autograd.tracer import getval
+from autograd.tracer import Box
 
 __all__ = [
     "replaceable",
@@ -87,10 +87,12 @@ def enabled(flag: bool) -> Iterator[None]:
 
 def array_backend(args: tuple) -> str | None:
     """``"numpy"`` or ``"cupy"`` for the first array among ``args``; None for other types."""
-    for a in args:
-        value = getval(a)
-        shape = getattr(value, "shape", None)
-        if shape is None:
+    # every replaceable function runs this once per call: builtins only (isinstance,
+    # hasattr), no Python-level helper, so the dispatch stays a small part of a small call
+    for value in args:
+        while isinstance(value, Box):
+            value = value._value
+        if not hasattr(value, "shape"):
             continue
         module = type(value).__module__
         if module == "numpy":
@@ -127,7 +129,8 @@ def replaceable(name: str) -> Callable[[Callable], Callable]:
         @functools.wraps(reference)
         def dispatch(*args, **kwargs):
             if _enabled.get():
-                _load_kernels()
+                if not _loaded[0]:
+                    _load_kernels()
                 table = _kernels.get(name)
                 if table:
                     fast = table.get(array_backend(args))
