@@ -7,10 +7,17 @@ energy U1..U5 (``vi``), draw samples from a saved model (``sample``), score data
 (``log-prob``) and check any bijection implementation (``verify``, see ``refflow.testing``).
 Every model the command writes is loaded back before it reports success.
 
+Conditional flows p(x | c): ``train --context C`` (a .npy or .csv file, one context row per
+data row) builds the flow with ``context_dim`` = C's width; ``sample --context`` (one row
+per sample, or one row for all) and ``log-prob --context`` (one row per data row, or one
+for all) then need a context of that width, and refuse one for a model trained without.
+
 Exit status: 0 on success, 1 when the command fails while running (an unreadable model
 file, an output that cannot be written, a training run that diverges), 2 for a usage
 error (an unknown flow, dataset or target, a malformed or out-of-range number, a data file
-that is not one real, finite, non-empty table of the right width). Every failure is one
+that is not one real, finite, non-empty table of the right width, a context missing for a
+conditional model, given to an unconditional one, or of the wrong width or number of
+rows). Every failure is one
 line on stderr, never a traceback.
 
 Notes
@@ -109,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"training samples drawn from a built-in dataset (default 5000, at "
                    f"least {_MIN_ROWS})")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--context", metavar="CONTEXT", default=None,
+                   help="a .npy or .csv file of contexts, one row per row of --data: fits "
+                   "the conditional flow p(x | c) (needs a --data file)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
 
     p = sub.add_parser("sample", help="draw samples from a saved model",
@@ -118,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive_int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output file: .npy, .csv or .png")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--context", metavar="CONTEXT", default=None,
+                   help="for a conditional model: a .npy or .csv file with one context row "
+                   "per sample, or one row for all samples")
 
     p = sub.add_parser("log-prob", help="score data with a saved model: log p(x) per row",
                        description="Evaluate log p(x) of a saved model on every row of "
@@ -125,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="path of a model .npz")
     p.add_argument("--data", required=True, help="a .npy or .csv file, one row per sample")
     p.add_argument("--out", required=True, help="output file: .npy or .csv, one value per row")
+    p.add_argument("--context", metavar="CONTEXT", default=None,
+                   help="for a conditional model: a .npy or .csv file with one context row "
+                   "per row of --data, or one row for all of them")
 
     p = sub.add_parser("vi", help="fit a flow to an energy U1..U5 by variational inference",
                        description="Maximise the ELBO of a flow q against exp(-U); reports "
@@ -191,6 +207,34 @@ def _read_table(path: str, arg: str) -> Any:
     if x.shape[0] < 1 or x.shape[1] < 1:
         raise UsageError(f"{arg}: {path!r} holds no samples (shape {x.shape})")
     return B.asarray(x, dtype=np.float64)
+
+
+def _read_context(path: str | None, flow: Any, rows: int, per: str) -> Any:
+    """``--context``: None, or the (rows, C) or (1, C) table ``flow`` needs.
+
+    A context given to an unconditional model, a missing one for a conditional model, a
+    width other than the model's C or a number of rows other than ``rows`` or 1 (one context
+    for all rows) is a ``UsageError``.
+    """
+    from refflow.core import context_dim_of
+
+    dim = context_dim_of(flow)
+    if path is None:
+        if dim:
+            raise UsageError(f"--context: the model is conditional (contexts of {dim} values); "
+                             f"give a .npy or .csv file with one context row per {per}")
+        return None
+    if not dim:
+        raise UsageError("--context: the model takes no context (it was trained without "
+                         "--context)")
+    c = _read_table(path, "--context")
+    if c.shape[1] != dim:
+        raise UsageError(f"--context: the model takes contexts of {dim} values, {path!r} has "
+                         f"rows of {c.shape[1]}")
+    if c.shape[0] not in (rows, 1):
+        raise UsageError(f"--context: expected {rows} rows (one per {per}) or 1 (for all), "
+                         f"{path!r} has {c.shape[0]}")
+    return c
 
 
 def _load_model(path: str) -> Any:
@@ -272,7 +316,11 @@ def _cmd_train(args) -> None:
     from refflow.tree import count_parameters
 
     rng = B.rng(args.seed)
+    context = context_test = None
     if args.data in DATASETS:
+        if args.context is not None:
+            raise UsageError("--context: only with a --data file (one context row per data "
+                             "row); the built-in datasets have no context")
         n = 5000 if args.n is None else args.n
         if n < _MIN_ROWS:
             raise UsageError(f"--n: expected at least {_MIN_ROWS} samples (a tenth is held "
@@ -287,29 +335,42 @@ def _cmd_train(args) -> None:
             raise UsageError(f"--data: expected at least {2 * _MIN_ROWS} rows (a tenth is "
                              f"held out for the test NLL, a tenth of the rest for "
                              f"validation), got {table.shape[0]}")
-        shuffled = table[rng.permutation(table.shape[0])]
+        if args.context is not None:
+            # sized like the data and not checked against a model: none is built yet
+            context = _read_table(args.context, "--context")
+            if context.shape[0] != table.shape[0]:
+                raise UsageError(f"--context: expected {table.shape[0]} rows (one per row of "
+                                 f"--data), {args.context!r} has {context.shape[0]}")
+        order = rng.permutation(table.shape[0])
+        shuffled = table[order]
         n_test = max(1, table.shape[0] // 10)
         data, test = shuffled[n_test:], shuffled[:n_test]
+        if context is not None:
+            # the same permutation and split: row i of the context stays with row i of x
+            context, context_test = context[order][n_test:], context[order][:n_test]
     else:
         raise UsageError(f"--data: expected one of {sorted(DATASETS)} or a .npy or .csv "
                          f"file, got {args.data!r}")
     out = _folder(args.out)
     dim = data.shape[1]
+    context_dim = 0 if context is None else context.shape[1]
     try:
-        flow = build_flow(args.flow, dim, args.layers, rng, hidden=args.hidden)
+        flow = build_flow(args.flow, dim, args.layers, rng, hidden=args.hidden,
+                          context_dim=context_dim)
     except ValueError as exc:
         raise UsageError(f"--flow: {args.flow} cannot model {dim}-d data ({exc})") from None
     start = time.perf_counter()
     flow, hist = fit(flow, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                      rng=rng, validation=0.1, schedule="cosine", clip_norm=10.0,
-                     eval_every=max(1, min(100, args.steps // 10)))
+                     eval_every=max(1, min(100, args.steps // 10)), context=context)
     seconds = time.perf_counter() - start
-    log_q = B.to_numpy(flow.log_prob(test))
+    log_q = B.to_numpy(flow.log_prob(test, context_test))
     metrics: dict[str, Any] = {
         "data": args.data, "dim": dim, "flow": args.flow, "layers": args.layers,
         "hidden": args.hidden, "steps": args.steps, "parameters": count_parameters(flow),
         "best_val_nll": hist["best_val_nll"], "best_step": hist["best_step"],
         "test_nll": float(-np.mean(log_q)), "train_seconds": seconds, "seed": args.seed,
+        "context": args.context, "context_dim": context_dim,
     }
     if args.data in LOG_PROBS:
         # KL(p || q) = E_p[log p - log q] on the test draws, where p is known exactly
@@ -318,7 +379,21 @@ def _cmd_train(args) -> None:
     _save_checked(os.path.join(out, "model.npz"), flow)
     _write_json(os.path.join(out, "metrics.json"), metrics)
     written = ["model.npz", "metrics.json"]
-    if dim == 2:
+    if dim == 2 and context is not None:
+        # p(x | c) differs per row: samples at the data's own contexts, latents at their
+        # pairs; no density figure, which would hold for one context only
+        host = B.to_numpy(data)
+        lo, hi = host.min(axis=0) - 0.5, host.max(axis=0) + 0.5
+        box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+        plot.samples(data[:2000], title=f"data: {os.path.basename(args.data)}", bounds=box,
+                     path=os.path.join(out, "data.png"))
+        z, _ = flow.bijection.inverse(data[:2000], context=context[:2000])
+        plot.samples(z, title="latent z = f^-1(x; c)", path=os.path.join(out, "latent.png"))
+        x = flow.sample(min(2000, data.shape[0]), rng, context=context[:2000])
+        plot.samples(x, title=f"samples: {args.flow}, at the data's contexts", bounds=box,
+                     color="tab:green", path=os.path.join(out, "samples.png"))
+        written += ["data.png", "latent.png", "samples.png"]
+    elif dim == 2:
         host = B.to_numpy(data)
         lo, hi = host.min(axis=0) - 0.5, host.max(axis=0) + 0.5
         box = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
@@ -342,7 +417,8 @@ def _cmd_sample(args) -> None:
 
     ext = _output(args.out, (".npy", ".csv", ".png"))
     flow = _load_model(args.model)
-    x = B.to_numpy(flow.sample(args.n, B.rng(args.seed)))
+    context = _read_context(args.context, flow, args.n, "sample")
+    x = B.to_numpy(flow.sample(args.n, B.rng(args.seed), context=context))
     if ext == ".png":
         if x.ndim != 2 or x.shape[1] != 2:
             raise UsageError(f"--out: a .png needs 2-D samples, got shape {x.shape}")
@@ -362,7 +438,8 @@ def _cmd_log_prob(args) -> None:
     if len(event) != 1 or x.shape[1] != event[0]:
         raise UsageError(f"--data: the model takes samples of shape {event}, the file has "
                          f"rows of {x.shape[1]} values")
-    log_p = B.to_numpy(flow.log_prob(x))
+    context = _read_context(args.context, flow, x.shape[0], "row of --data")
+    log_p = B.to_numpy(flow.log_prob(x, context))
     _write_rows(args.out, ext, log_p)
     print(f"mean log p(x) {float(np.mean(log_p)):.4f} nats over {x.shape[0]} rows; wrote "
           f"{args.out}")

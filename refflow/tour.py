@@ -170,30 +170,41 @@ def _alternate(layers: list) -> list:
     return out
 
 
+# each entry: (rng, dim, layers, hidden, context_dim) -> the bijection; context_dim C > 0
+# makes every layer with a conditioner (all but NICE's Scaling) see the context
 FLOWS: dict[str, Callable[..., Any]] = {
-    "realnvp": lambda r, d, k, h: Compose(*_alternate(
-        [AffineCoupling.init(r, d, hidden=(h, h), zero_last=True) for _ in range(k)])),
-    "nice": lambda r, d, k, h: Compose(*_alternate(
-        [AdditiveCoupling.init(r, d, hidden=(h, h), activation="tanh", zero_last=True)
-         for _ in range(k)]), Scaling.init(r, d)),
-    "spline": lambda r, d, k, h: Compose(*_alternate(
+    "realnvp": lambda r, d, k, h, c=0: Compose(*_alternate(
+        [AffineCoupling.init(r, d, hidden=(h, h), zero_last=True, context_dim=c)
+         for _ in range(k)])),
+    "nice": lambda r, d, k, h, c=0: Compose(*_alternate(
+        [AdditiveCoupling.init(r, d, hidden=(h, h), activation="tanh", zero_last=True,
+                               context_dim=c) for _ in range(k)]), Scaling.init(r, d)),
+    "spline": lambda r, d, k, h, c=0: Compose(*_alternate(
         [Coupling.init(r, d, RationalQuadraticSpline, static={"bins": 8, "bound": 4.0},
-                       hidden=(h, h), zero_last=True) for _ in range(k)])),
-    "maf": lambda r, d, k, h: Compose(*_alternate(
-        [MAF.init(r, d, hidden=(h, h)) for _ in range(k)])),
-    "iaf": lambda r, d, k, h: Compose(*_alternate(
-        [IAF.init(r, d, hidden=(h, h)) for _ in range(k)])),
-    "planar": lambda r, d, k, h: Compose(*[Planar.init(r, d) for _ in range(k)]),
-    "radial": lambda r, d, k, h: Compose(*[Radial.init(r, d) for _ in range(k)]),
+                       hidden=(h, h), zero_last=True, context_dim=c) for _ in range(k)])),
+    "maf": lambda r, d, k, h, c=0: Compose(*_alternate(
+        [MAF.init(r, d, hidden=(h, h), context_dim=c) for _ in range(k)])),
+    "iaf": lambda r, d, k, h, c=0: Compose(*_alternate(
+        [IAF.init(r, d, hidden=(h, h), context_dim=c) for _ in range(k)])),
+    # conditional planar and radial layers: parameters from a hypernetwork of c, h wide
+    "planar": lambda r, d, k, h, c=0: Compose(*[Planar.init(r, d, context_dim=c, hidden=(h,))
+                                                for _ in range(k)]),
+    "radial": lambda r, d, k, h, c=0: Compose(*[Radial.init(r, d, context_dim=c, hidden=(h,))
+                                                for _ in range(k)]),
 }
 FLOWS["realnvp"].__doc__ = "RealNVP: K affine couplings alternating with reversals."
 
 
-def build_flow(name: str, dim: int, layers: int, rng: Any, hidden: int = 32) -> Flow:
-    """``FLOWS[name]`` with ``layers`` layers on a standard normal base in dimension ``dim``."""
+def build_flow(name: str, dim: int, layers: int, rng: Any, hidden: int = 32,
+               context_dim: int = 0) -> Flow:
+    """``FLOWS[name]`` with ``layers`` layers on a standard normal base in dimension ``dim``.
+
+    ``context_dim`` C > 0 builds the conditional flow p(x | c), c of C values: the flow's
+    ``log_prob`` and ``sample`` then take a context (``refflow.core.Flow``).
+    """
     if name not in FLOWS:
         raise ValueError(f"flow: expected one of {sorted(FLOWS)}, got {name!r}")
-    return Flow(StandardNormal(dim), FLOWS[name](rng, dim, layers, hidden))
+    return Flow(StandardNormal(dim), FLOWS[name](rng, dim, layers, hidden, context_dim))
 
 
 # ----------------------------------------------------------------------------- the tour

@@ -333,3 +333,156 @@ def test_the_cli_loads_back_what_it_wrote(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(io, "load", damaged)
     code = main(["vi", "--target", "U2", "-K", "1", "--steps", "2", "--out", str(tmp_path)])
     _one_line_error(capsys, code, 1, "does not load back")
+
+
+# ------------------------------------------------------------------ conditional flows: --context
+
+
+def _conditional_files(tmp_path, n=1000):
+    """x = 2 c + 0.3 e with c, e ~ N(0, I_2): x.npy and c.csv, one context row per data row."""
+    rng = numpy.random.default_rng(0)
+    c = rng.standard_normal((n, 2))
+    x = 2.0 * c + 0.3 * rng.standard_normal((n, 2))
+    numpy.save(tmp_path / "x.npy", x)
+    numpy.savetxt(tmp_path / "c.csv", c, delimiter=",")
+    return x, c
+
+
+def test_train_with_context_learns_x_given_c(tmp_path, capsys):
+    from refflow import io
+
+    x, c = _conditional_files(tmp_path)
+    common = ["--flow", "maf", "--layers", "2", "--hidden", "16", "--steps", "300",
+              "--batch-size", "128", "--data", str(tmp_path / "x.npy")]
+    assert main(["train", *common, "--context", str(tmp_path / "c.csv"),
+                 "--out", str(tmp_path / "cond")]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "unc")]) == 0
+    cond = json.loads((tmp_path / "cond" / "metrics.json").read_text())
+    unc = json.loads((tmp_path / "unc" / "metrics.json").read_text())
+    assert cond["context_dim"] == 2 and unc["context_dim"] == 0
+    # exact entropies of the Gaussians: H(x) = log(2 pi e 4.09), H(x | c) = log(2 pi e 0.09);
+    # without c no model's expected NLL goes below H(x), with it none below H(x | c)
+    h_x, h_x_c = (numpy.log(2 * numpy.pi * numpy.e * v) for v in (4.09, 0.09))
+    assert h_x - 0.3 < unc["test_nll"] and cond["test_nll"] < h_x - 2.0
+    assert cond["test_nll"] < unc["test_nll"] - 2.0 and cond["test_nll"] > h_x_c - 0.3
+    # a conditional 2-D run draws its samples at the data's contexts: no single-c density
+    assert (tmp_path / "cond" / "samples.png").exists()
+    assert not (tmp_path / "cond" / "density.png").exists()
+
+    # log-prob from the command line = the loaded flow's own log_prob at the same pairs
+    model = str(tmp_path / "cond" / "model.npz")
+    flow = io.load(model)
+    assert main(["log-prob", "--model", model, "--data", str(tmp_path / "x.npy"),
+                 "--context", str(tmp_path / "c.csv"), "--out", str(tmp_path / "lp.npy")]) == 0
+    got = numpy.load(tmp_path / "lp.npy")
+    numpy.testing.assert_allclose(got, flow.log_prob(x, c), rtol=1e-12)
+    # one context row for all rows: the same as that row repeated
+    numpy.savetxt(tmp_path / "c0.csv", c[:1], delimiter=",")
+    assert main(["log-prob", "--model", model, "--data", str(tmp_path / "x.npy"),
+                 "--context", str(tmp_path / "c0.csv"), "--out", str(tmp_path / "lp0.npy")]) == 0
+    numpy.testing.assert_allclose(numpy.load(tmp_path / "lp0.npy"),
+                                  flow.log_prob(x, numpy.repeat(c[:1], len(x), axis=0)),
+                                  rtol=1e-12)
+
+    # sampling at one broadcast context: x | c ~ N(2 c, 0.09 I), so the mean is near 2 c
+    numpy.savetxt(tmp_path / "one.csv", [[1.0, -1.0]], delimiter=",")
+    assert main(["sample", "--model", model, "-n", "2000", "--context",
+                 str(tmp_path / "one.csv"), "--out", str(tmp_path / "s.npy")]) == 0
+    s = numpy.load(tmp_path / "s.npy")
+    assert s.shape == (2000, 2)
+    numpy.testing.assert_allclose(s.mean(axis=0), [2.0, -2.0], atol=0.3)
+    assert numpy.all(s.std(axis=0) < 1.0)  # the marginal's is 2.02
+    # one context row per sample: each sample sits near its own 2 c, not near another's
+    assert main(["sample", "--model", model, "-n", "1000", "--context",
+                 str(tmp_path / "c.csv"), "--out", str(tmp_path / "s.csv")]) == 0
+    s = numpy.loadtxt(tmp_path / "s.csv", delimiter=",")
+    own = numpy.mean(numpy.sum((s - 2 * c) ** 2, axis=1))
+    other = numpy.mean(numpy.sum((s - 2 * c[::-1]) ** 2, axis=1))
+    assert own < 1.0 < other
+
+
+@pytest.mark.parametrize("args, match", [
+    # train: a built-in set has no context; a context file must have the data's rows
+    (["train", "--data", "moons", "--context", "{c.csv}", "--flow", "maf"],
+     "--context: only with a --data file"),
+    (["train", "--data", "{x.npy}", "--context", "{c3.csv}", "--flow", "maf"],
+     "--context: expected 40 rows"),
+    (["train", "--data", "{x.npy}", "--context", "{nan.npy}", "--flow", "maf"], "finite"),
+    # sample and log-prob: a context for an unconditional model, none for a conditional one,
+    # the wrong width, the wrong number of rows
+    (["sample", "--model", "{plain}", "-n", "3", "--context", "{c.csv}", "--out", "{s.npy}"],
+     "--context: the model takes no context"),
+    (["sample", "--model", "{cond}", "-n", "3", "--out", "{s.npy}"],
+     "--context: the model is conditional (contexts of 2 values)"),
+    (["sample", "--model", "{cond}", "-n", "3", "--context", "{wide.csv}", "--out", "{s.npy}"],
+     "--context: the model takes contexts of 2 values"),
+    (["sample", "--model", "{cond}", "-n", "5", "--context", "{c3.csv}", "--out", "{s.npy}"],
+     "--context: expected 5 rows (one per sample) or 1"),
+    (["log-prob", "--model", "{plain}", "--data", "{x.npy}", "--context", "{c.csv}",
+      "--out", "{lp.npy}"], "--context: the model takes no context"),
+    (["log-prob", "--model", "{cond}", "--data", "{x.npy}", "--out", "{lp.npy}"],
+     "--context: the model is conditional"),
+    (["log-prob", "--model", "{cond}", "--data", "{x.npy}", "--context", "{wide.csv}",
+      "--out", "{lp.npy}"], "--context: the model takes contexts of 2 values"),
+    (["log-prob", "--model", "{cond}", "--data", "{x.npy}", "--context", "{c3.csv}",
+      "--out", "{lp.npy}"], "--context: expected 40 rows"),
+    # the control cases: the same commands with a good context succeed
+    (["sample", "--model", "{cond}", "-n", "40", "--context", "{c.csv}", "--out", "{s.npy}"],
+     None),
+    (["log-prob", "--model", "{cond}", "--data", "{x.npy}", "--context", "{c.csv}",
+      "--out", "{lp.npy}"], None),
+    (["train", "--data", "{x.npy}", "--context", "{c.csv}", "--flow", "spline"], None),
+])
+def test_context_errors_are_one_line_exit_2(tmp_path, capsys, args, match):
+    from refflow import backend as B
+    from refflow import io
+
+    rng = numpy.random.default_rng(2)
+    files = {"c.csv": rng.standard_normal((40, 2)), "c3.csv": rng.standard_normal((3, 2)),
+             "wide.csv": rng.standard_normal((40, 3))}
+    paths = {name: str(tmp_path / name) for name in
+             ("c.csv", "c3.csv", "wide.csv", "x.npy", "nan.npy", "s.npy", "lp.npy", "plain",
+              "cond")}
+    for name, table in files.items():
+        numpy.savetxt(paths[name], table, delimiter=",")
+    numpy.save(paths["x.npy"], rng.standard_normal((40, 2)))
+    numpy.save(paths["nan.npy"], numpy.full((40, 2), numpy.nan))
+    paths["plain"] = str(tmp_path / "plain.npz")
+    paths["cond"] = str(tmp_path / "cond.npz")
+    io.save(paths["plain"], build_flow("maf", 2, 1, B.rng(0), hidden=4))
+    io.save(paths["cond"], build_flow("maf", 2, 1, B.rng(0), hidden=4, context_dim=2))
+    for key, value in paths.items():
+        args = [a.replace("{" + key + "}", value) for a in args]
+    if args[0] == "train":
+        args += ["--steps", "2", "--hidden", "4", "--layers", "1", "--out", str(tmp_path / "run")]
+    code = main(args)
+    if match is None:
+        assert code == 0, capsys.readouterr().err
+        return
+    _one_line_error(capsys, code, 2, match)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s.npy").exists()
+
+
+@pytest.mark.parametrize("name", sorted(FLOWS))
+def test_every_cli_flow_builds_conditional(name):
+    from refflow import backend as B
+
+    flow = build_flow(name, 2, 2, B.rng(0), hidden=8, context_dim=3)
+    assert flow.context_dim == 3
+    c = numpy.random.default_rng(1).standard_normal((5, 3))
+    x, log_q = flow.sample_and_log_prob(5, B.rng(1), context=c)
+    numpy.testing.assert_allclose(B.to_numpy(flow.log_prob(x, c)), B.to_numpy(log_q), atol=1e-8)
+    # conditional, so a missing context is refused (the zero_last families ignore c at init)
+    with pytest.raises(ValueError, match="context"):
+        flow.log_prob(x)
+
+
+def test_conditional_train_through_a_real_process(tmp_path):
+    _conditional_files(tmp_path, n=60)
+    res = run("train", "--data", str(tmp_path / "x.npy"), "--context", str(tmp_path / "x.npy"),
+              "--flow", "realnvp", "--layers", "1", "--steps", "2", "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    res = run("sample", "--model", str(tmp_path / "r" / "model.npz"), "-n", "4",
+              "--out", str(tmp_path / "s.npy"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "--context" in res.stderr
