@@ -181,7 +181,7 @@ def table(rows: list) -> str:
 
         lines.append(f"| {problem} | {group[0]['exact_entropy']:.4f} | {model} | "
                      f"{group[0]['parameters']} | {stat('test_nll')} | {stat('true_nll')} | "
-                     f"{stat('kl')} | {numpy.mean([r['seconds'] for r in group]):.0f} |")
+                     f"{stat('kl', 4)} | {numpy.mean([r['seconds'] for r in group]):.0f} |")
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ logit space; 2 levels of 4 Glow steps with 32 hidden channels, ActNorm from data
 figures' class claims are measured: a logistic regression trained on the training images'
 pixels (98% test accuracy) labels the generated images, so the table gives how often a
 class-conditional sample is read as its class, per temperature, and how often an image moved
-along zbar_b - zbar_a is read as class b.
+along zbar_b - zbar_a is read as class b, against the same move made in logit-pixel space.
 
 Run: ``python examples/glow_latents.py [--steps 400] [--out docs/_static/conditional]``;
 writes glow_interpolation.png, glow_temperature.png, glow_attributes.png; results in
@@ -129,14 +129,18 @@ def read(judge, images):
 
 
 def show(rows, titles, path):
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.6))
+    """One panel per (n_rows, n_cols, 8, 8) array of images, about half an inch per image."""
+    width = sum(0.5 * images.shape[1] + 0.6 for images in rows)
+    height = max(0.5 * images.shape[0] for images in rows) + 1.0
+    fig, axes = plt.subplots(1, len(rows), figsize=(max(width, 4.5), height),
+                             width_ratios=[images.shape[1] for images in rows])
     for ax, images, title in zip(numpy.atleast_1d(axes), rows, titles):
         n_rows, n_cols = images.shape[:2]
         ax.imshow(grid(images.reshape((-1, 8, 8)), n_rows, n_cols), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -161,7 +165,7 @@ def main(out: str, steps: int, seed: int, table_json: str | None) -> None:
     z_test = B.to_numpy(latents(plain, t_test))
     rows = numpy.stack([to_images(decode(plain, B.asarray(interpolate(
         z_test[first[a]], z_test[first[b]], 8)))) for a, b in pairs])       # (5, 8, 8, 8)
-    show([rows], ["interpolation z_t = (1 - t) z_a + t z_b (unconditional Glow)"],
+    show([rows], ["z_t = (1 - t) z_a + t z_b, t = 0 .. 1"],
          os.path.join(out, "glow_interpolation.png"))
 
     # temperature: 10 classes x 6 samples per T, class-conditional Glow
@@ -172,23 +176,31 @@ def main(out: str, steps: int, seed: int, table_json: str | None) -> None:
         images = to_images(decode(cond, z, one_hot(labels)))
         results["class_read_at_T"][str(T)] = float(numpy.mean(read(judge, images) == labels))
         panels.append(images.reshape(CLASSES, 6, 8, 8))
-    show(panels, [f"T = {T}: read as its class {100 * results['class_read_at_T'][str(T)]:.0f}%"
+    show(panels, [f"T = {T}: {100 * results['class_read_at_T'][str(T)]:.0f}% read as c"
                   for T in TEMPERATURES], os.path.join(out, "glow_temperature.png"))
 
     # attribute manipulation: move along zbar_b - zbar_a (unconditional), and the class swap
     # with z kept (conditional); source images: test images of class a
     means = class_means(B.to_numpy(latents(plain, t_train)), train_y)
+    # the same move in logit-pixel space, t + alpha (tbar_b - tbar_a): what a linear "flow"
+    # would do, so the latent space's share of the effect is the difference
+    pixel_means = class_means(B.to_numpy(t_train), train_y)
     alphas = numpy.array([0.0, 0.5, 1.0, 1.5, 2.0])
     moves = [(1, 7), (3, 8), (4, 9), (6, 5), (0, 2)]
-    panel_move, panel_swap, read_move, read_swap = [], [], {a: [] for a in alphas}, []
+    panel_move, panel_swap, read_swap = [], [], []
+    read_move, read_pixel = {a: [] for a in alphas}, {a: [] for a in alphas}
     for a, b in moves:
         sources = numpy.flatnonzero(test_y == a)
         z = z_test[sources]
         shifted = z[None] + alphas.reshape(-1, 1, 1, 1, 1) * (means[b] - means[a])
         images = to_images(decode(plain, B.asarray(shifted.reshape((-1,) + SHAPE))))
         images = images.reshape(len(alphas), len(sources), 8, 8)
-        for alpha, block in zip(alphas, images):
+        in_pixels = to_images(B.asarray((B.to_numpy(t_test)[sources][None] + alphas.reshape(
+            -1, 1, 1, 1, 1) * (pixel_means[b] - pixel_means[a])).reshape((-1,) + SHAPE)))
+        for alpha, block, pixel_block in zip(alphas, images,
+                                             in_pixels.reshape(images.shape)):
             read_move[alpha].append(numpy.mean(read(judge, block) == b))
+            read_pixel[alpha].append(numpy.mean(read(judge, pixel_block) == b))
         panel_move.append(images[:, 0])
         zc = latents(cond, t_test[sources], one_hot(numpy.full(len(sources), a)))
         swapped = to_images(decode(cond, zc, one_hot(numpy.full(len(sources), b))))
@@ -196,11 +208,13 @@ def main(out: str, steps: int, seed: int, table_json: str | None) -> None:
         panel_swap.append(numpy.stack([to_images(t_test[sources[0]:sources[0] + 1])[0],
                                        swapped[0]]))
     results["read_as_b_after_move"] = {str(a): float(numpy.mean(v)) for a, v in read_move.items()}
+    results["read_as_b_after_pixel_move"] = {str(a): float(numpy.mean(v))
+                                             for a, v in read_pixel.items()}
     results["read_as_b_after_swap"] = float(numpy.mean(read_swap))
     results["moves"] = moves
     show([numpy.stack(panel_move), numpy.stack(panel_swap)],
-         ["x' = f(z + alpha (zbar_b - zbar_a)), alpha = 0 .. 2",
-          "class swap f(f^-1(x; a); b)"], os.path.join(out, "glow_attributes.png"))
+         ["f(z + alpha (zbar_b - zbar_a)), alpha = 0 .. 2", "x, f(f^-1(x; a); b)"],
+         os.path.join(out, "glow_attributes.png"))
     print(json.dumps(results, indent=1))
     if table_json:
         with open(table_json, "w") as fh:
