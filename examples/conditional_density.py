@@ -27,7 +27,7 @@ Besides the exact E_c[H] (a number, no sampling), the table gives the true densi
 same test set: the flow's NLL minus it is a paired Monte Carlo estimate of
 E_c[KL(p(. | c) || q(. | c))] with a much smaller standard error than either NLL.
 
-Run: ``python examples/conditional_density.py [--seeds 0 1 2] [--steps 3000]``; the
+Run: ``python examples/conditional_density.py [--seeds 0 1 2] [--steps 5000]``; the
 results are in docs/conditional.md.
 
 References
@@ -188,7 +188,7 @@ def table(rows: list) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--train", type=int, default=20000, help="training pairs (c, x)")
     parser.add_argument("--test", type=int, default=20000, help="test pairs (c, x)")
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
