@@ -207,6 +207,8 @@ def _fsync_folder(folder: str) -> None:
     try:
         os.fsync(fd)
     except OSError:
+        # some file systems cannot sync a folder; the rename is atomic all the same, only its
+        # durability across a power cut is then the file system's
         pass
     finally:
         os.close(fd)
