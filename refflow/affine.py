@@ -46,6 +46,7 @@ import autograd.numpy as np
 from refflow import backend as B
 from refflow.checks import check_array, check_int, check_positive
 from refflow.linalg import slogdet, solve, solve_triangular
+from refflow.ops import take
 
 __all__ = ["Affine", "Diagonal", "LUAffine", "Permutation", "Reverse", "Triangular"]
 
@@ -467,6 +468,9 @@ class Permutation:
         return x[..., np.argsort(self.perm)], np.zeros_like(x, shape=np.shape(x)[:-1])
 
 
+_REVERSED = (Ellipsis, slice(None, None, -1))  # [..., ::-1]
+
+
 @dataclass(frozen=True, eq=False)
 class Reverse:
     r"""Reversal of the coordinates x_i = z_{D+1-i}: the permutation with no parameters.
@@ -505,8 +509,10 @@ class Reverse:
 
     def forward(self, z, context=None):
         check_array("z", z, min_ndim=1, finite=False)
-        return z[..., ::-1], np.zeros_like(z, shape=np.shape(z)[:-1])
+        # take: z[..., ::-1], whose gradient is added in place (autograd's indexing VJP
+        # scatters with numpy.add.at)
+        return take(z, _REVERSED), np.zeros_like(z, shape=z.shape[:-1])
 
     def inverse(self, x, context=None):
         check_array("x", x, min_ndim=1, finite=False)
-        return x[..., ::-1], np.zeros_like(x, shape=np.shape(x)[:-1])
+        return take(x, _REVERSED), np.zeros_like(x, shape=x.shape[:-1])

@@ -79,7 +79,7 @@ def _affine_update_vjp(argnums, ans, args, kwargs):
         g_v = g * np.exp(-alpha if inverse else alpha)
         grads = {}
         if 0 in argnums:
-            grads[0] = unbroadcast(g_v, np.shape(v))
+            grads[0] = unbroadcast(g_v, v.shape)
         if 1 in argnums:
             if inverse:
                 # z = (x - mu) e^{-alpha}: dz/dmu = -e^{-alpha}, dz/dalpha = -z
@@ -87,7 +87,7 @@ def _affine_update_vjp(argnums, ans, args, kwargs):
             else:
                 # x = z e^{alpha} + mu: dx/dalpha = x - mu, no second exponential
                 g_theta = _pair(g + np.zeros_like(g_v), g * (ans - theta[..., 0]))
-            grads[1] = unbroadcast(g_theta, np.shape(theta))
+            grads[1] = unbroadcast(g_theta, theta.shape)
         return tuple(grads[i] for i in argnums)
 
     return vjp
@@ -105,7 +105,7 @@ def affine_log_derivative(theta, inverse: bool = False):
 
 def _affine_log_derivative_vjp(ans, theta, inverse=False):
     def vjp(g):
-        g_alpha = unbroadcast(-g if inverse else g, np.shape(theta)[:-1])
+        g_alpha = unbroadcast(-g if inverse else g, theta.shape[:-1])
         return _pair(np.zeros_like(g_alpha), g_alpha)
 
     return vjp

@@ -121,12 +121,12 @@ def _coupling_update_vjp(argnums, ans, args, kwargs):
         grads = {}
         if 0 in argnums:
             grads[0] = unbroadcast(np.concatenate([g[..., :split], g_v_a], axis=-1),
-                                    np.shape(v))
+                                    v.shape)
         if 1 in argnums:
-            g_t = unbroadcast(g_t, np.shape(out)[:-1] + (np.shape(out)[-1] // 2,))
+            g_t = unbroadcast(g_t, out.shape[:-1] + (out.shape[-1] // 2,))
             grads[1] = np.concatenate([np.zeros_like(g_t), g_t], axis=-1)
         if 2 in argnums:
-            grads[2] = unbroadcast(g_s, np.shape(s))
+            grads[2] = unbroadcast(g_s, s.shape)
         return tuple(grads[i] for i in argnums)
 
     return vjp
