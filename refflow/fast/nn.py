@@ -67,8 +67,9 @@ def _linear(x, w, b):
     # BLAS is much slower than a broadcast product when the inner dimension is 1
     a = x * w[0] if w.shape[0] == 1 else x @ w
     # the product is a fresh array (the primitive sees raw arrays): the bias goes in place
-    # unless it would enlarge it
-    if np.broadcast_shapes(a.shape, np.shape(b)) != a.shape:
+    # unless it would enlarge it. A vector bias never does (it has a's last size or fails);
+    # np.broadcast_shapes costs several microseconds, a tenth of a small layer
+    if getattr(b, "ndim", 0) != 1 and np.broadcast_shapes(a.shape, np.shape(b)) != a.shape:
         return a + b
     a += b
     return a
@@ -95,15 +96,23 @@ def _sum_to_shape(g, shape):
 def _dense_grads(ga, x, w, argnums, b_shape):
     """Gradients (x, w, b) of x W + b from ga = dL/d(pre-activation), only those asked for."""
     grads = {}
+    # the common case, x (N, D_in) and b (D_out,), is taken without reshapes or broadcasts:
+    # at batch 256 each avoided call is a measurable share of the VJP
+    plain = x.ndim == 2 and x.shape[0] == ga.shape[0] and ga.ndim == 2
     if 0 in argnums:
         g_x = np.sum(ga * w[0], axis=-1, keepdims=True) if w.shape[0] == 1 else ga @ w.T
-        grads[0] = _sum_to_shape(g_x, np.shape(x))
+        grads[0] = g_x if plain else _sum_to_shape(g_x, x.shape)
     if 1 in argnums:
-        # all leading axes are batch axes: fold them into one for a single matmul
-        x2 = np.reshape(np.broadcast_to(x, ga.shape[:-1] + (w.shape[0],)), (-1, w.shape[0]))
-        grads[1] = x2.T @ np.reshape(ga, (-1, w.shape[1]))
+        if plain:
+            grads[1] = x.T @ ga
+        else:
+            # all leading axes are batch axes: fold them into one for a single matmul
+            x2 = np.reshape(np.broadcast_to(x, ga.shape[:-1] + (w.shape[0],)),
+                            (-1, w.shape[0]))
+            grads[1] = x2.T @ np.reshape(ga, (-1, w.shape[1]))
     if 2 in argnums:
-        grads[2] = _sum_to_shape(ga, b_shape)
+        grads[2] = (np.sum(ga, axis=0) if ga.ndim == 2 and tuple(b_shape) == ga.shape[1:]
+                    else _sum_to_shape(ga, b_shape))
     return grads
 
 

@@ -1,6 +1,8 @@
 """Inputs for the dense-layer kernels (``refflow.fast.nn``): every fused activation, the
 activations that fall back to the reference, an inner dimension of 1 (the broadcast-product
-path), one bias per sample, and an input broadcast on a non-leading axis.
+path), one bias per sample, an input broadcast on a non-leading axis, a one-row input
+broadcast against per-sample biases and a bias of size 1 (the last two miss the kernel's
+shortcut for x (N, D_in), b (D_out,) and must still get gradients of the operands' shapes).
 
 ReLU's pre-activations are kept at least 0.05 away from its kink at 0, where the kernel
 (derivative [y > 0]) and ``refflow.ops.maximum`` (ties split half and half) differ by
@@ -14,7 +16,7 @@ import numpy
 from tests.fast_cases import case
 
 DENSE_VARIANTS = ("tanh", "relu", "identity", "elu", "inner-1", "per-sample-bias",
-                  "broadcast-middle")
+                  "broadcast-middle", "broadcast-rows", "bias-1")
 
 
 def _dense_inputs(rng, dtype, variant, masked):
@@ -28,6 +30,10 @@ def _dense_inputs(rng, dtype, variant, masked):
     elif variant == "broadcast-middle":
         # x (4, 1, 3) against a bias (2, 5): the output is (4, 2, 5), x broadcast on axis 1
         x_shape, b_shape = (4, 1, 3), (2, 5)
+    elif variant == "broadcast-rows":
+        x_shape, b_shape = (1, 3), (4, 5)
+    elif variant == "bias-1":
+        b_shape = (1,)
     while True:
         x = rng.standard_normal(x_shape)
         w = rng.standard_normal((d_in, 5))
