@@ -28,6 +28,9 @@ def check_real(name: str, x: Any) -> Any:
     test stand-in) or a NumPy scalar. A torch tensor or a list gets a ``ValueError`` naming
     its type, so a caller learns to convert it, instead of a crash deep inside NumPy.
     """
+    # the common case first, in builtins: every bijection call checks its input
+    if type(x) is np.ndarray and x.dtype.kind in _REAL_KINDS:
+        return x
     if is_traced(x):
         return x
     dtype = getattr(x, "dtype", None)

@@ -112,6 +112,34 @@ def test_dispatch_follows_the_switch(name, variant):
         numpy.testing.assert_array_equal(a, b)
 
 
+class _OtherArray(numpy.ndarray):
+    """An array type of no registered backend (its module is not numpy or cupy)."""
+
+
+def test_dispatch_remembers_the_backend_per_array_type(monkeypatch):
+    """The dispatcher caches the backend of an array type: a NumPy call, a call with an
+    array of an unknown type (the reference runs), a traced NumPy call and a NumPy call
+    again each take their own path; a cache keyed on the wrong thing would send the
+    unknown type to the NumPy kernel or NumPy arrays to the reference."""
+    calls = []
+    numpy_kernel = fast.kernels()["dense"]["numpy"]
+
+    def recording(*args, **kwargs):
+        calls.append(type(getval(args[0])))
+        return numpy_kernel(*args, **kwargs)
+
+    monkeypatch.setitem(fast.registry._kernels["dense"], "numpy", recording)
+    rng = numpy.random.default_rng(0)
+    x, w, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 2)), rng.standard_normal(2)
+    dense = _dispatcher("dense")
+    with fast.enabled(True):
+        dense(x, w, b, "tanh")
+        dense(x.view(_OtherArray), w, b, "tanh")
+        autograd.grad(lambda v: anp.sum(dense(v, w, b, "tanh")))(x)
+        dense(x, w, b, "tanh")
+    assert calls == [numpy.ndarray, numpy.ndarray, numpy.ndarray]
+
+
 def _dispatcher(name):
     """The public, replaceable function registered as ``name``."""
     return fast.replaceables()[name]

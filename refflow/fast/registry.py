@@ -57,6 +57,10 @@ _enabled: ContextVar[bool] = ContextVar("refflow_fast", default=_DEFAULT)
 _references: dict[str, Callable] = {}
 _replaceables: dict[str, Callable] = {}
 _kernels: dict[str, dict[str, Callable]] = {}
+# the backend of an array type, learnt from ``array_backend`` at its first call: the dispatch
+# of a call whose first argument is a NumPy array (or a Box of one) is then two dict lookups
+_TYPE_BACKEND: dict[type, str | None] = {}
+_UNSEEN = object()
 _loaded: list[bool] = [False]
 
 
@@ -87,19 +91,17 @@ def enabled(flag: bool) -> Iterator[None]:
 
 def array_backend(args: tuple) -> str | None:
     """``"numpy"`` or ``"cupy"`` for the first array among ``args``; None for other types."""
-    # every replaceable function runs this once per call: builtins only (isinstance,
-    # hasattr), no Python-level helper, so the dispatch stays a small part of a small call
     for value in args:
         while isinstance(value, Box):
             value = value._value
         if not hasattr(value, "shape"):
             continue
-        module = type(value).__module__
-        if module == "numpy":
-            return "numpy"
-        if module.startswith("cupy"):
-            return "cupy"
-        return None
+        kind = type(value)
+        module = kind.__module__
+        backend = ("numpy" if module == "numpy" else
+                   "cupy" if module.startswith("cupy") else None)
+        _TYPE_BACKEND[kind] = backend
+        return backend
     return "numpy"
 
 
@@ -133,7 +135,14 @@ def replaceable(name: str) -> Callable[[Callable], Callable]:
                     _load_kernels()
                 table = _kernels.get(name)
                 if table:
-                    fast = table.get(array_backend(args))
+                    # builtins only: this runs at every call of every replaceable function
+                    first = args[0] if args else None
+                    if isinstance(first, Box):
+                        first = first._value
+                    backend = _TYPE_BACKEND.get(type(first), _UNSEEN)
+                    if backend is _UNSEEN:
+                        backend = array_backend(args)
+                    fast = table.get(backend)
                     if fast is not None:
                         return fast(*args, **kwargs)
             return reference(*args, **kwargs)
