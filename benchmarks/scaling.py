@@ -149,8 +149,22 @@ def main(argv=None) -> None:
                 ("Inverse of an affine flow", affine_inverse(rng, args.repeats)),
                 ("Low-rank determinant (residual flows)", lowrank(rng, args.repeats))]
     text = markdown(sections)
-    Path(args.output).write_text(text)
+    output = Path(args.output)
+    tail = kept_sections(output.read_text() if output.exists() else "",
+                         [title for title, _ in sections])
+    output.write_text(text + ("\n" + tail if tail else ""))
     print(text)
+
+
+def kept_sections(old: str, generated: list) -> str:
+    """The sections of an existing page that this script does not write (the Dask section of
+    docs/scaling.md, written by hand from benchmarks/dask_scaling.py), from the first such
+    ``## `` heading to the end: a re-run replaces its own tables and keeps them."""
+    lines = old.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("## ") and line[3:].strip() not in generated:
+            return "".join(lines[i:])
+    return ""
 
 
 if __name__ == "__main__":
