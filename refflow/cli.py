@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", metavar="CONTEXT", default=None,
                    help="a .npy or .csv file of contexts, one row per row of --data: fits "
                    "the conditional flow p(x | c) (needs a --data file)")
+    p.add_argument("--processes", type=_positive_int, default=1,
+                   help="cores for each step's gradient, one process each (default 1; "
+                   "pays at large --batch-size)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
 
     p = sub.add_parser("sample", help="draw samples from a saved model",
@@ -362,7 +365,8 @@ def _cmd_train(args) -> None:
     start = time.perf_counter()
     flow, hist = fit(flow, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                      rng=rng, validation=0.1, schedule="cosine", clip_norm=10.0,
-                     eval_every=max(1, min(100, args.steps // 10)), context=context)
+                     eval_every=max(1, min(100, args.steps // 10)), context=context,
+                     processes=args.processes)
     seconds = time.perf_counter() - start
     log_q = B.to_numpy(flow.log_prob(test, context_test))
     metrics: dict[str, Any] = {
