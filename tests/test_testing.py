@@ -666,3 +666,109 @@ def test_inverse_raising_outside_its_open_image_is_not_a_failure():
     bad = check_bijection(lambda z: (numpy.tanh(z), numpy.log1p(-numpy.tanh(z) ** 2).sum(-1)
                                      + 0.1), inverse, inputs=z)
     assert "log_det" in bad.failed
+
+
+# ---------------------------------------------------------------- inputs and contexts
+
+
+class _ForeignTensor:
+    """A tensor of a library refflow does not know: a shape and a dtype, no ``__array__``."""
+
+    shape, dtype = (4, 2), "foreign.float64"
+
+
+def _triangular(xp, log_det_error=0.0):
+    """x_0 = 2 z_0 + 1, x_1 = 3 z_1 + sin(z_0), log_det = log 6, in the namespace ``xp``
+    (numpy, torch or jax.numpy: the same code, so reports can be compared)."""
+    def forward(z):
+        x = xp.stack([2.0 * z[:, 0] + 1.0, 3.0 * z[:, 1] + xp.sin(z[:, 0])], 1)
+        return x, 0.0 * z[:, 0] + (numpy.log(6.0) + log_det_error)
+
+    def inverse(x):
+        z0 = (x[:, 0] - 1.0) / 2.0
+        return xp.stack([z0, (x[:, 1] - xp.sin(z0)) / 3.0], 1), 0.0 * x[:, 0] - numpy.log(6.0)
+
+    return forward, inverse
+
+
+def _verdicts(report):
+    meta = {k: v for k, v in report.meta.items() if k != "arrays"}
+    return [(c.name, c.status) for c in report.checks], meta
+
+
+Z = numpy.random.default_rng(3).standard_normal((6, 2))
+
+
+@pytest.mark.parametrize("bad, found", [
+    (Z + 1j, "dtype complex128"), (Z.astype(object), "dtype object"),
+    (Z.astype(str), "text"), (Z.astype(bytes), "bytes"),
+    ([[1.0 + 1j, 2.0]], "list that NumPy reads as dtype complex128"),
+    ([["1.0", "2.0"]], "list that NumPy reads as dtype <U3"),
+    ([[1.0, 2.0], [3.0]], "list that cannot be converted"),
+    (_ForeignTensor(), "_ForeignTensor \\(shape \\(4, 2\\), dtype 'foreign.float64'\\) with no "
+                       "conversion"),
+    (Z.astype("datetime64[s]"), "dates"), (numpy.ma.masked_array(Z, Z > 1), "masked entries"),
+    (numpy.where(Z > 1, numpy.nan, Z), "finite values"), (Z * numpy.inf, "finite values"),
+])
+def test_malformed_inputs_are_refused_naming_inputs(bad, found):
+    forward, inverse = _triangular(numpy)
+    for check in (check_bijection, assert_bijection):
+        with pytest.raises(ValueError, match=f"^inputs: .*{found}"):
+            check(forward, inverse, inputs=bad)
+
+
+def test_lists_and_integers_are_converted_and_judged_as_arrays():
+    forward, inverse = _triangular(numpy)
+    reference = check_bijection(forward, inverse, inputs=Z)
+    assert reference.ok, reference.table()
+    assert _verdicts(check_bijection(forward, inverse, inputs=Z.tolist())) == _verdicts(reference)
+    ints = check_bijection(forward, inverse, inputs=numpy.round(3 * Z).astype(numpy.int32))
+    assert ints.ok and ints.meta["dtype"] == "float64"
+
+
+@pytest.mark.parametrize("bad, found", [
+    (Z[:, :1] + 1j, "complex"), (Z[:, :1].astype(object), "object"),
+    (Z[:, :1].astype(str), "text"), (_ForeignTensor(), "_ForeignTensor"),
+    ([1.0 + 2j], "complex"), (Z[:, :1] * numpy.nan, "finite values"),
+])
+def test_malformed_contexts_are_refused_naming_context(bad, found):
+    def forward(z, c):
+        return z * 2.0 + c[:, :1], numpy.full(len(z), 2 * numpy.log(2.0))
+
+    def inverse(x, c):
+        return (x - c[:, :1]) / 2.0, numpy.full(len(x), -2 * numpy.log(2.0))
+
+    assert check_bijection(forward, inverse, inputs=Z, context=Z[:, :1]).ok
+    with pytest.raises(ValueError, match=f"^context: .*{found}"):
+        check_bijection(forward, inverse, inputs=Z, context=bad)
+
+
+def test_torch_inputs_give_the_numpy_report_and_complex_tensors_are_refused():
+    torch = pytest.importorskip("torch", reason="torch comes with the interop extra")
+    for error in (0.0, numpy.log(2.0)):  # a correct map, and one whose log-det is off
+        reference = check_bijection(*_triangular(numpy, error), inputs=Z)
+        report = check_bijection(*_triangular(torch, error), inputs=torch.from_numpy(Z))
+        assert report.meta["arrays"] == "torch"
+        assert _verdicts(report) == _verdicts(reference), report.table()
+    assert reference.failed == ["log_det", "inverse_log_det"]
+    forward, inverse = _triangular(torch)
+    with pytest.raises(ValueError, match="^inputs: .*torch tensor of dtype torch.complex128"):
+        check_bijection(forward, inverse, inputs=torch.from_numpy(Z + 1j))
+    with pytest.raises(ValueError, match="^inputs: .*torch.bfloat16"):
+        check_bijection(forward, inverse, inputs=torch.from_numpy(Z).bfloat16())
+    with pytest.raises(ValueError, match="^inputs: .*torch.nn.modules.linear.Linear"):
+        check_bijection(forward, inverse, inputs=torch.nn.Linear(2, 2))
+
+
+def test_jax_inputs_give_the_numpy_report_and_complex_arrays_are_refused():
+    jnp = pytest.importorskip("jax.numpy", reason="jax comes with the interop extra")
+    # float32: what JAX keeps whether or not another test enabled x64
+    z = Z.astype(numpy.float32)
+    for error in (0.0, numpy.log(2.0)):
+        reference = check_bijection(*_triangular(numpy, error), inputs=z)
+        report = check_bijection(*_triangular(jnp, error), inputs=jnp.asarray(z))
+        assert report.meta["arrays"] == "jax"
+        assert _verdicts(report) == _verdicts(reference), report.table()
+    assert reference.failed == ["log_det", "inverse_log_det"]
+    with pytest.raises(ValueError, match="^inputs: .*JAX array of dtype complex64"):
+        check_bijection(*_triangular(jnp), inputs=jnp.asarray(z + 1j))

@@ -33,7 +33,14 @@ from typing import Any
 import numpy
 
 from refflow.testing.conditional import with_context
-from refflow.testing.differences import ArrayAdapter, autodiff_jacobian, richardson_jacobian
+from refflow.testing.differences import (
+    ArrayAdapter,
+    autodiff_jacobian,
+    host_real,
+    is_jax,
+    is_torch,
+    richardson_jacobian,
+)
 from refflow.testing.report import CHECKS, CheckResult, Report
 
 __all__ = ["check_bijection", "assert_bijection"]
@@ -256,11 +263,19 @@ def check_bijection(
         coordinate, (N, D) or (D,), summed, as element-wise maps return it).
     inverse : callable x -> (z, log_det) with log_det = log|det df^{-1}/dx|, optional.
         Without it only the forward checks run.
-    inputs : array (N, D) or (N, *event): NumPy, a torch tensor or a JAX array, optional
-        Points z to test at. With torch tensors or JAX arrays the callables receive and
-        must return arrays of that kind, dtype and device (torch or jax is imported only
-        then); otherwise NumPy arrays. JAX keeps float32 unless x64 is enabled: the
-        tolerances follow the dtype actually used. Give float64 for the tightest ones.
+    inputs : array (N, D) or (N, *event) of real, finite numbers, optional
+        Points z to test at: a NumPy array of any real dtype, a torch tensor or a JAX
+        array. With torch tensors or JAX arrays the callables receive and must return
+        arrays of that kind, dtype and device (torch or jax is imported only then);
+        otherwise NumPy arrays. As a convenience, nested lists of numbers, CuPy arrays and
+        objects with ``__array__`` are converted to NumPy. Integer and boolean inputs are
+        converted to float64. JAX keeps float32 unless x64 is enabled: the tolerances
+        follow the dtype actually used. Give float64 for the tightest ones. Refused with
+        a ``ValueError`` naming ``inputs`` and what was found: complex numbers (a float
+        copy would drop the imaginary part), text, bytes, Python objects, dates, records,
+        a masked array with masked entries, NaN or infinity (a correct map would fail at
+        such a row), a torch dtype NumPy lacks (bfloat16: pass ``x.double()``) and any
+        object that is neither an array nor convertible to one.
     dim : int, optional
         Without ``inputs``: draw ``n`` rows of dimension ``dim`` from N(0, I), every
         fourth row scaled by 3 to reach tails.
@@ -282,14 +297,16 @@ def check_bijection(
         -log_det(z, x), and ``call_order`` calls it in different orders.
     autodiff : use the inputs' framework (torch, JAX, autograd) for Jacobians too, where it
         can differentiate the callables and agrees with finite differences.
-    context : (N, C) or (C,) array of the inputs' kind, for a conditional bijection
-        x = f(z; c): the callables then take ``(z, context)`` (``(x, context)``; a
-        ``log_det`` takes ``(z, x, context)``) and every check runs at each row's fixed
-        context, on the augmented map (z, c) -> (f(z; c), c) (``refflow.testing.
-        conditional``): its log-det is f's in z; the inverse function theorem checks the
-        derivatives in c by finite differences; ``batch_independence`` and ``isolation``
-        evaluate a row with its context alone and among other contexts. A reported
-        ``input`` row is z followed by its context. ``density`` is not used with a context.
+    context : (N, C) or (C,) array, for a conditional bijection x = f(z; c), of real,
+        finite numbers under the rules of ``inputs`` (a refusal names ``context``), passed
+        to the callables as arrays of the inputs' kind: they then take ``(z, context)``
+        (``(x, context)``; a ``log_det`` takes ``(z, x, context)``) and every check runs
+        at each row's fixed context, on the augmented map (z, c) -> (f(z; c), c)
+        (``refflow.testing.conditional``): its log-det is f's in z; the inverse function
+        theorem checks the derivatives in c by finite differences; ``batch_independence``
+        and ``isolation`` evaluate a row with its context alone and among other contexts.
+        A reported ``input`` row is z followed by its context. ``density`` is not used
+        with a context.
 
     Returns
     -------
@@ -358,20 +375,23 @@ def check_bijection(
                          f"got {type(log_det).__name__}")
     if inputs is None:
         inputs = _draw(dim, n, rng)
+    host = host_real("inputs", inputs)
+    if not (is_torch(inputs) or is_jax(inputs)):
+        inputs = host  # lists, CuPy arrays: the callables receive NumPy arrays, as documented
+    if host.ndim < 2 or host.shape[0] < 1 or host.size == 0:
+        raise ValueError(f"inputs: expected an (N, D) or (N, *event) array with N >= 1, "
+                         f"got shape {host.shape}")
     context_dim = 0
     if context is not None:
         if density is not None:
             raise ValueError("density: the normalization check runs without a context")
-        z_dim = int(numpy.prod(numpy.shape(ArrayAdapter(inputs).to_host(inputs))[1:]))
+        z_dim = int(numpy.prod(host.shape[1:]))
         forward, inverse, log_det, augmented, structure = with_context(
             forward, inverse, log_det, inputs, context, _mask(structure, z_dim))
         context_dim = int(numpy.prod(numpy.shape(augmented))) // len(augmented) - z_dim
         inputs = augmented
     adapter = ArrayAdapter(inputs)
     host = adapter.to_host(inputs)
-    if host.ndim < 2 or host.shape[0] < 1 or host.size == 0:
-        raise ValueError(f"inputs: expected an (N, D) or (N, *event) array with N >= 1, "
-                         f"got shape {host.shape}")
     event_shape = tuple(host.shape[1:])
     z = adapter.cast(host.reshape(host.shape[0], -1))
     s = _Session(forward, inverse, log_det, z, event_shape, adapter, _tolerances(tol))

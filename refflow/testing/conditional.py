@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy
 
-from refflow.testing.differences import ArrayAdapter
+from refflow.testing.differences import ArrayAdapter, host_real
 
 __all__ = ["with_context"]
 
@@ -69,7 +69,8 @@ def with_context(forward: Callable, inverse: Callable | None, log_det: Callable 
     inverse : (x, context) -> (z, log_det) (or z alone), or None.
     log_det : (z, x, context) -> log|det df/dz|, or None.
     inputs : (N, *event) array of the user's kind.
-    context : (N, C) or (C,) array of the same kind (a (C,) context is used for every row).
+    context : (N, C) or (C,) array of real, finite numbers (a (C,) context is used for
+        every row), checked by ``host_real``; it reaches the callables as the inputs' kind.
     mask : the (D, D) Jacobian pattern in z, or None.
 
     Returns
@@ -83,14 +84,12 @@ def with_context(forward: Callable, inverse: Callable | None, log_det: Callable 
     if z.ndim < 2:
         raise ValueError(f"inputs: expected an (N, D) or (N, *event) array, got shape "
                          f"{z.shape}")
-    c = adapter.to_host(context)
+    c = host_real("context", context).astype(numpy.float64)
     if c.ndim == 1:
         c = numpy.broadcast_to(c, (z.shape[0], c.shape[0]))
     if c.ndim != 2 or c.shape[0] != z.shape[0] or c.shape[1] < 1:
         raise ValueError(f"context: expected shape (C,) or (N, C) with N = {z.shape[0]} rows "
                          f"of inputs, got {c.shape}")
-    if not numpy.all(numpy.isfinite(c)):
-        raise ValueError("context: expected finite values")
     event = tuple(z.shape[1:])
     d, cdim = int(numpy.prod(event)), c.shape[1]
     cat = _concatenate(adapter.kind)

@@ -3,7 +3,9 @@ r"""Host-side evaluation of foreign callables, finite-difference and autodiff Ja
 The functions under test may be refflow bijections, NumPy code, PyTorch modules or JAX
 functions, so everything here works on host float64 NumPy copies and calls the user's code
 through an ``ArrayAdapter`` that hands it arrays of the type it was given (torch and jax are
-imported only when the inputs are theirs).
+imported only when the inputs are theirs). Every array the user gives (``inputs``,
+``context``) passes ``host_real`` first: real, finite numbers, or a ``ValueError`` naming
+the argument, never a silent conversion (a dropped imaginary part, parsed text).
 
 Notes
 -----
@@ -43,15 +45,17 @@ References
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy
 
-from refflow.backend import to_numpy
+from refflow.backend import is_array, to_numpy
 
-__all__ = ["ArrayAdapter", "is_torch", "is_jax", "richardson_jacobian", "autodiff_jacobian"]
+__all__ = ["ArrayAdapter", "is_torch", "is_jax", "host_real", "richardson_jacobian",
+           "autodiff_jacobian"]
 
 # a function evaluated in floating point is trusted to about NOISE * eps * max(1, |f|)
 NOISE = 16.0
@@ -76,6 +80,106 @@ def is_torch(x: Any) -> bool:
 def is_jax(x: Any) -> bool:
     """True for a JAX array (``jax.Array``), decided without importing jax."""
     return _framework(x) in ("jax", "jaxlib")
+
+
+# what NumPy dtype kinds other than real numbers hold, for the refusal's message
+_NOT_REAL = {"c": "complex numbers", "O": "Python objects", "U": "text", "S": "bytes",
+             "M": "dates", "m": "time deltas", "V": "raw or structured records"}
+_EXPECTED = "a NumPy array, a torch tensor, a JAX array or a nested list of real numbers"
+
+
+def _type_name(x: Any) -> str:
+    return f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
+
+
+def _real_dtype(dtype: numpy.dtype) -> bool:
+    """Bool, integers and floats; also the ml_dtypes floats JAX uses (bfloat16, float8),
+    which NumPy files under kind "V" but which convert to float64 exactly."""
+    if dtype.kind in "biuf":
+        return True
+    return dtype.kind == "V" and dtype.fields is None \
+        and dtype.type.__module__.split(".")[0] == "ml_dtypes"
+
+
+def _torch_host(name: str, x: Any) -> numpy.ndarray:
+    import torch  # already imported: x is torch's
+
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected {_EXPECTED}, got an object of type "
+                         f"{_type_name(x)}")
+    if x.is_complex():
+        raise ValueError(f"{name}: expected real numbers, got a torch tensor of dtype {x.dtype}")
+    try:  # bfloat16, float8 and quantized tensors have no NumPy counterpart to check with
+        torch.zeros(0, dtype=x.dtype).numpy()
+    except Exception:
+        raise ValueError(f"{name}: expected a torch tensor of a dtype NumPy has, e.g. float64 "
+                         f"(x.double()), got {x.dtype}") from None
+    try:  # sparse, meta or otherwise unreadable tensors
+        return x.detach().cpu().resolve_conj().resolve_neg().numpy()
+    except Exception as exc:
+        raise ValueError(f"{name}: cannot copy the torch tensor ({x.dtype}, {x.layout}, "
+                         f"{x.device}) to host NumPy: {exc}") from None
+
+
+def host_real(name: str, x: Any) -> numpy.ndarray:
+    """A host NumPy copy of the user's array ``x`` of real, finite numbers, in its own dtype.
+
+    Accepted: NumPy arrays of bool, integer or float dtype; torch tensors and JAX arrays
+    of such dtypes; arrays of the refflow backend (CuPy); nested lists, tuples and numbers,
+    and objects NumPy converts through ``__array__`` (pandas), when NumPy reads them as
+    real numbers. Anything else raises ``ValueError`` naming ``name`` and what was found:
+    complex numbers (whose imaginary part a float copy would drop), objects, text, bytes,
+    dates, records, a masked array with masked entries (their hidden values would be
+    used), an object with no conversion to NumPy, NaN or infinity (no check is meaningful
+    at such a row: a correct map would fail them).
+
+    Examples
+    --------
+    >>> host_real("inputs", [[0.5, 2.0]]).shape
+    (1, 2)
+    >>> host_real("context", numpy.array([[0.5, 2.0 + 1j]]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: context: expected real numbers, got a NumPy array of dtype complex128 ...
+    """
+    if is_torch(x):
+        host = _torch_host(name, x)
+    else:
+        of = "of dtype"
+        if isinstance(x, numpy.ndarray):
+            what = "a NumPy array"
+        elif is_jax(x):
+            what = "a JAX array"
+        elif is_array(x):
+            what = f"a {_type_name(x)} array"
+        elif isinstance(x, (list, tuple, numbers.Number)) or any(
+                hasattr(x, a) for a in ("__array__", "__array_interface__",
+                                        "__array_struct__")):
+            what, of = f"a {_type_name(x)}", "that NumPy reads as dtype"
+        else:
+            found = ", ".join(f"{a} {getattr(x, a)!r}" for a in ("shape", "dtype")
+                              if hasattr(x, a))
+            raise ValueError(f"{name}: expected {_EXPECTED}, got an object of type "
+                             f"{_type_name(x)}" + (f" ({found})" if found else "")
+                             + " with no conversion to NumPy (__array__)")
+        if isinstance(x, numpy.ma.MaskedArray) and numpy.ma.is_masked(x):
+            raise ValueError(f"{name}: got a masked array with {int(numpy.ma.count_masked(x))} "
+                             f"masked entries; pass the values to check (x.filled(...))")
+        try:
+            host = to_numpy(x) if is_array(x) else numpy.asarray(x)
+        except Exception as exc:  # ragged lists, arrays that refuse conversion
+            raise ValueError(f"{name}: expected {_EXPECTED}, got {what} that cannot be "
+                             f"converted: {exc}") from None
+        host = numpy.asarray(host)  # a matrix or masked array as a plain ndarray
+        if not _real_dtype(host.dtype):
+            kind = _NOT_REAL.get(host.dtype.kind, "non-numbers")
+            raise ValueError(f"{name}: expected real numbers, got {what} {of} {host.dtype} "
+                             f"({kind})")
+    values = host.astype(numpy.float64)
+    if not numpy.all(numpy.isfinite(values)):
+        bad = numpy.argwhere(~numpy.isfinite(values))
+        raise ValueError(f"{name}: expected finite values, found {len(bad)} NaN or infinite "
+                         f"entries (the first at index {tuple(int(i) for i in bad[0])})")
+    return host
 
 
 class ArrayAdapter:
@@ -108,7 +212,9 @@ class ArrayAdapter:
         if self.np_dtype.kind != "f":
             self.np_dtype = numpy.dtype(numpy.float64)
         if self.kind == "jax":  # float64 only with jax_enable_x64; else JAX keeps float32
-            self.np_dtype = numpy.dtype(self._jnp.zeros(0, dtype=self.np_dtype).dtype)
+            with warnings.catch_warnings():  # the truncation warned of is what is asked here
+                warnings.simplefilter("ignore", UserWarning)
+                self.np_dtype = numpy.dtype(self._jnp.zeros(0, dtype=self.np_dtype).dtype)
         self.eps = float(numpy.finfo(self.np_dtype).eps)
         self.ld_eps = self.eps
 
