@@ -30,12 +30,14 @@ its parts' gradients).
 
 The result equals the one-process gradient up to the order of the sums over rows: the rows'
 seeds of the backward pass (-1/|B| each) are the same numbers, and only the reductions over
-the batch axis are split in two and added (measured in float64: relative differences of
+the batch axis are split into parts and added (measured in float64: relative differences of
 about 1e-16; the tests hold 1e-12). Costs, measured on 2 cores (docs/performance.md): 0.2 s
 to start a worker (a fresh interpreter importing NumPy, autograd and refflow; 0.3 s for two),
-and a fixed cost per step of about 0.3 ms for the round trip (0.8 ms on a loaded machine).
+and a fixed cost per step of about 0.2-0.3 ms for the round trip (0.8 ms on a loaded machine).
 Each process pays the per-operation overhead of autograd in full, so the gain grows with the
-rows per process: it pays at large batches (thousands of rows), not at a batch of 256.
+rows per process: it pays at large batches (thousands of rows), little at a batch of 256.
+Between steps each process busy-polls its pipe for up to ``POLL_SECONDS`` (20 ms) before it
+blocks, so that back-to-back steps keep one core each (where there are enough cores).
 
 A script that trains with ``processes > 1`` must guard its top level with
 ``if __name__ == "__main__":``, as every program that starts processes with "spawn" must:
@@ -50,6 +52,7 @@ import os
 import pickle
 import shutil
 import signal
+import time
 import traceback
 from multiprocessing import shared_memory
 from multiprocessing.connection import wait
@@ -67,6 +70,20 @@ __all__ = ["GradientWorkers"]
 
 # each array in the shared block starts on a cache line, so no two share one
 _ALIGN = 64
+
+# How long a process busy-polls its pipe before it blocks on it. A blocked process that is
+# woken is often placed by the scheduler on the core of the process that woke it, and the
+# two then take turns on one core, step after step (measured at batch 256 after a pause of
+# 0.2 s: every following step 2x slower); polling between back-to-back steps keeps each one
+# on its own core. Only where every process has a core of its own.
+POLL_SECONDS = 0.02
+
+
+def _poll(conn: Any, seconds: float) -> None:
+    """Busy-wait up to ``seconds`` for a message on ``conn``; the caller then receives."""
+    deadline = time.monotonic() + seconds
+    while not conn.poll(0) and time.monotonic() < deadline:
+        pass
 
 
 def _layout(arrays: dict) -> tuple[list, int]:
@@ -139,6 +156,7 @@ def _serve(conn: Any, spec: dict) -> None:
         grad_out = views["grads"][spec["index"]]
         while True:
             try:
+                _poll(conn, spec["poll"])
                 message = conn.recv()
             except (EOFError, OSError):
                 break
@@ -221,6 +239,9 @@ class GradientWorkers:
         self._in_flight: set[int] = set()
         self._controller: Any = None
         self._closed = False
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+        self._poll_seconds = POLL_SECONDS if self.processes <= cores else 0.0
         self.info: list[dict] = []
         if B.get_backend() != "numpy":
             raise ValueError(f"processes: worker processes run on the NumPy backend only, the "
@@ -274,7 +295,7 @@ class GradientWorkers:
         for index in range(self.processes - 1):
             mine, theirs = spawn.Pipe()
             spec = {"name": self._memory.name, "layout": layout, "flow": flow_bytes,
-                    "index": index}
+                    "index": index, "poll": self._poll_seconds}
             process = spawn.Process(target=_serve, args=(theirs, spec), daemon=True,
                                     name=f"refflow-gradient-worker-{index + 1}")
             self._workers.append((process, mine))
@@ -310,6 +331,7 @@ class GradientWorkers:
         is noticed at once instead of being waited for.
         """
         process, conn = self._workers[index]
+        _poll(conn, self._poll_seconds)  # a dead worker's pipe reads as ready (EOF)
         wait([conn, process.sentinel])
         try:
             kind, payload = conn.recv() if conn.poll() else (None, None)
