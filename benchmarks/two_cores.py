@@ -4,7 +4,8 @@ The training step is ``refflow.fit``'s (the value and gradient of the batch NLL 
 to the flat parameter vector, then Adam: ``train._gradient_step``) for the MAF, RealNVP and
 spline flow (``nsf``) of ``benchmarks/models.py``, D 16 and 64, batch 256 and 8192, float32,
 in three settings timed interleaved in one run (one call each, in rotating order,
-``--repeats`` times, after one warm-up call each):
+``--repeats`` times, after one warm-up call each; each timed step follows an untimed one,
+as steps follow each other in training):
 
 - (a) one thread: BLAS held to one thread;
 - (b) one process with BLAS on two threads (what ``threadpoolctl`` or ``OPENBLAS_NUM_THREADS``
@@ -84,6 +85,9 @@ def _steps(flow: Any, data: numpy.ndarray, batch: int, workers: Any) -> dict:
 def _time(step: Callable[[], Any], blas: Any, threads: int) -> tuple[float, Any]:
     limiter = blas.limit(limits=threads, user_api="blas")
     try:
+        # training runs its steps back to back: the step timed follows one untimed, so no
+        # process is timed waking from the pause below (a cold worker costs a step ~2x)
+        step()
         start = time.perf_counter()
         grad = step()
         return time.perf_counter() - start, grad
