@@ -31,7 +31,7 @@ its parts' gradients).
 The result equals the one-process gradient up to the order of the sums over rows: the rows'
 seeds of the backward pass (-1/|B| each) are the same numbers, and only the reductions over
 the batch axis are split into parts and added (measured in float64: relative differences of
-about 1e-16; the tests hold 1e-12). Costs, measured on 2 cores (docs/performance.md): 0.2 s
+1e-16 to 1e-15; the tests hold 1e-12). Costs, measured on 2 cores (docs/performance.md): 0.2 s
 to start a worker (a fresh interpreter importing NumPy, autograd and refflow; 0.3 s for two),
 and a fixed cost per step of about 0.2-0.3 ms for the round trip (0.8 ms on a loaded machine).
 Each process pays the per-operation overhead of autograd in full, so the gain grows with the
