@@ -247,6 +247,12 @@ def test_a_worker_that_raises_fails_the_step_with_its_traceback():
     with pytest.raises(RuntimeError, match="closed"):
         pool.value_and_grads(params, numpy.arange(2))
     assert not _shm_exists(name) and _worker_children() == before
+    # in this process's rows, the error is raised as it is, as the one-process step raises it
+    pool = GradientWorkers(flow, data, processes=2)
+    name = pool._memory.name
+    with _deadline(60), numpy.errstate(over="raise"), pytest.raises(FloatingPointError):
+        pool.value_and_grads(params, numpy.array([2, 0, 1, 3]))  # row 2 is this process's
+    assert pool._closed and not _shm_exists(name) and _worker_children() == before
 
 
 def _refuse_to_load():
