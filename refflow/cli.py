@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from refflow import backend as B
+from refflow.workers import WorkerError
 
 __all__ = ["main", "build_parser"]
 
@@ -520,6 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args.command, exc, 2)
     except (CommandError, FloatingPointError) as exc:
         return _fail(args.command, exc, 1)
+    except WorkerError as exc:
+        # a worker's traceback: its first line says which worker, its last what it raised
+        lines = str(exc).strip().splitlines()
+        return _fail(args.command, " ... ".join(lines[:1] + lines[-1:] if len(lines) > 1
+                                                else lines), 1)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         return _fail(args.command, f"{exc.strerror or exc}{where}", 1)

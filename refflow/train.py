@@ -350,7 +350,8 @@ def fit(flow: Any, data: Any, steps: int = 1000, batch_size: int = 256, lr: floa
         context missing for a conditional flow or given to an unconditional one.
     FloatingPointError : the NLL or a gradient became NaN or infinite (checked at every
         evaluation).
-    RuntimeError : with ``processes`` > 1, a worker died or raised during a step.
+    refflow.workers.WorkerError : (a RuntimeError) with ``processes`` > 1, a worker died or
+        raised during a step.
 
     Notes
     -----

@@ -66,7 +66,7 @@ from refflow import backend as B
 from refflow import fast
 from refflow.checks import check_int
 
-__all__ = ["GradientWorkers"]
+__all__ = ["GradientWorkers", "WorkerError"]
 
 # each array in the shared block starts on a cache line, so no two share one
 _ALIGN = 64
@@ -77,6 +77,10 @@ _ALIGN = 64
 # 0.2 s: every following step 2x slower); polling between back-to-back steps keeps each one
 # on its own core. Only where every process has a core of its own.
 POLL_SECONDS = 0.02
+
+
+class WorkerError(RuntimeError):
+    """A gradient worker died, failed to start or raised: the step has no result."""
 
 
 def _poll(conn: Any, seconds: float) -> None:
@@ -202,8 +206,8 @@ class GradientWorkers:
     ValueError : a ``processes`` that is not a positive integer, a non-NumPy backend or
         array, a flow that cannot be pickled, context rows that do not match the data,
         training rows larger than the free shared memory.
-    RuntimeError : a worker that died or failed while starting, named with its exit code or
-        its traceback.
+    WorkerError (a RuntimeError) : a worker that died or failed while starting, named with
+        its exit code or its traceback.
 
     Attributes
     ----------
@@ -309,7 +313,7 @@ class GradientWorkers:
         """The process ids of the workers."""
         return [process.pid for process, _ in self._workers]
 
-    def _failure(self, index: int, during: str, what: str) -> RuntimeError:
+    def _failure(self, index: int, during: str, what: str) -> WorkerError:
         process = self._workers[index][0]
         process.join(timeout=1.0)
         code = process.exitcode
@@ -321,11 +325,11 @@ class GradientWorkers:
             how = "closed its pipe"
         hint = ("; a script that starts processes must guard its top level with "
                 "if __name__ == '__main__':" if during == "start-up" and code == 1 else "")
-        return RuntimeError(f"processes: worker {index + 1} (pid {process.pid}) {how} during "
+        return WorkerError(f"processes: worker {index + 1} (pid {process.pid}) {how} during "
                             f"{during}{what}{hint}")
 
     def _receive(self, index: int, during: str, expected: str) -> Any:
-        """The payload of worker ``index``'s next reply, or ``RuntimeError``.
+        """The payload of worker ``index``'s next reply, or ``WorkerError``.
 
         Waits on the pipe and on the process's sentinel together, so a worker that dies
         is noticed at once instead of being waited for.
@@ -340,7 +344,7 @@ class GradientWorkers:
         if kind == expected:
             return payload
         if kind == "error":
-            raise RuntimeError(f"processes: worker {index + 1} (pid {process.pid}) raised "
+            raise WorkerError(f"processes: worker {index + 1} (pid {process.pid}) raised "
                                f"during {during}:\n{payload}")
         raise self._failure(index, during, "")
 
@@ -360,11 +364,11 @@ class GradientWorkers:
 
         Raises
         ------
-        RuntimeError : a worker died or raised during the step (the workers are then
-            closed: no later step runs on part of a batch).
+        WorkerError (a RuntimeError) : a worker died or raised during the step (the workers
+            are then closed: no later step runs on part of a batch).
         """
         if self._closed:
-            raise RuntimeError("processes: the gradient workers are closed")
+            raise WorkerError("processes: the gradient workers are closed")
         rows = numpy.asarray(rows)
         if rows.ndim != 1 or rows.dtype.kind not in "iu" or rows.size < 1 or (
                 rows.min() < 0 or rows.max() >= self.rows):

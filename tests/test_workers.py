@@ -380,3 +380,24 @@ def test_cli_train_processes(tmp_path, capsys):
         main(["train", "--data", str(tmp_path / "x.npy"), "--flow", "maf", "--processes", "0",
               "--out", str(tmp_path / "bad")])
     assert exit_.value.code == 2 and "--processes" in capsys.readouterr().err
+
+
+def test_cli_reports_a_failed_worker_in_one_line(tmp_path, capsys, monkeypatch):
+    """A worker's failure ends ``refflow train`` with exit status 1 and one line naming the
+    worker and what it raised, not a traceback."""
+    from refflow import train
+    from refflow.cli import main
+    from refflow.workers import WorkerError
+
+    def failing_fit(*args, **kwargs):
+        raise WorkerError("processes: worker 1 (pid 7) raised during the step:\nTraceback "
+                          "(most recent call last):\n  File x\nFloatingPointError: overflow")
+
+    monkeypatch.setattr(train, "fit", failing_fit)
+    numpy.save(tmp_path / "x.npy", DATA)
+    status = main(["train", "--data", str(tmp_path / "x.npy"), "--flow", "maf", "--steps",
+                   "2", "--processes", "2", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "worker 1" in err and "FloatingPointError: overflow" in err
+    assert "Traceback" not in err
