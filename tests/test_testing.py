@@ -772,3 +772,28 @@ def test_jax_inputs_give_the_numpy_report_and_complex_arrays_are_refused():
     assert reference.failed == ["log_det", "inverse_log_det"]
     with pytest.raises(ValueError, match="^inputs: .*JAX array of dtype complex64"):
         check_bijection(*_triangular(jnp), inputs=jnp.asarray(z + 1j))
+
+
+@pytest.mark.parametrize("where", ["output", "log_det"])
+def test_complex_results_fail_unless_their_imaginary_parts_are_zero(where):
+    """An imaginary part in a forward's output or log-det is a finding (numpy.asarray would
+    drop it with a warning and the report would pass); complex values with zero imaginary
+    parts are a dtype choice and get the real report."""
+    forward, inverse = _triangular(numpy)
+    reference = check_bijection(forward, inverse, inputs=Z)
+
+    def complex_forward(imag):
+        def f(z):
+            x, ld = forward(z)
+            if where == "output":
+                return x + imag * 1j * z, ld
+            return x, ld + imag * 1j
+        return f
+
+    report = check_bijection(complex_forward(0.5), inverse, inputs=Z)
+    largest = 0.5 * numpy.abs(Z).max() if where == "output" else 0.5
+    details = " ".join(c.detail for c in report.checks if c.name in report.failed)
+    assert not report.ok and f"complex values, largest |imaginary part| {largest:.3g}" in \
+        details, report.table()
+    zero = check_bijection(complex_forward(0.0), inverse, inputs=Z)
+    assert _verdicts(zero) == _verdicts(reference), zero.table()

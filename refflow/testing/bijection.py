@@ -35,6 +35,7 @@ import numpy
 from refflow.testing.conditional import with_context
 from refflow.testing.differences import (
     ArrayAdapter,
+    ComplexValues,
     autodiff_jacobian,
     host_real,
     is_jax,
@@ -148,7 +149,11 @@ class _Session:
                                  f", got {type(result).__name__} (with log_det=..., return the "
                                  f"output alone)")
             out, ld = result
-        out, ld = self.adapter.to_host(out), self.adapter.to_host(ld, log_det=True)
+        try:
+            out, ld = self.adapter.to_host(out), self.adapter.to_host(ld, log_det=True)
+        except ComplexValues as exc:
+            raise _Failed(f"{direction} returned {exc}: the output and log-det of a real "
+                          f"map are real") from None
         if out.size != u.size:
             raise _Failed(f"{direction} returned output {out.shape} for input "
                           f"{(u.shape[0],) + shape}")

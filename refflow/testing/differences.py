@@ -54,8 +54,8 @@ import numpy
 
 from refflow.backend import is_array, to_numpy
 
-__all__ = ["ArrayAdapter", "is_torch", "is_jax", "host_real", "richardson_jacobian",
-           "autodiff_jacobian"]
+__all__ = ["ArrayAdapter", "ComplexValues", "is_torch", "is_jax", "host_real",
+           "richardson_jacobian", "autodiff_jacobian"]
 
 # a function evaluated in floating point is trusted to about NOISE * eps * max(1, |f|)
 NOISE = 16.0
@@ -182,6 +182,15 @@ def host_real(name: str, x: Any) -> numpy.ndarray:
     return host
 
 
+class ComplexValues(ValueError):
+    """Values of the code under test with a nonzero imaginary part (``largest``: the largest
+    absolute imaginary part, NaN if one is NaN)."""
+
+    def __init__(self, largest: float):
+        super().__init__(f"complex values, largest |imaginary part| {largest:.3g}")
+        self.largest = largest
+
+
 class ArrayAdapter:
     """Moves host float64 arrays to the user's array type (NumPy, torch or JAX) and back.
 
@@ -237,6 +246,14 @@ class ArrayAdapter:
         elif is_jax(v):
             v = numpy.asarray(v)
         a = to_numpy(v)
+        if a.dtype.kind == "c":
+            # a real map's values are real: a nonzero imaginary part is a finding about the
+            # code under test (dropping it, as numpy.asarray does, would hide it); zero
+            # imaginary parts are a library's choice of dtype, and are read as real
+            largest = float(numpy.max(numpy.abs(a.imag), initial=0.0))
+            if largest != 0.0:
+                raise ComplexValues(largest)
+            a = a.real
         if a.dtype.kind == "f":
             eps = float(numpy.finfo(a.dtype).eps)
             self.ld_eps = max(self.ld_eps, eps)
