@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # Lecture order; each module's __all__ is re-exported here.
 _MODULES = (
     "linalg", "jacobian", "tree", "parallel", "distributions", "core", "affine", "elementwise",
-    "solvers", "nn", "coupling", "glow", "autoregressive", "residual", "train",
+    "solvers", "nn", "coupling", "glow", "autoregressive", "residual", "train", "workers",
     "potentials", "datasets", "io", "testing",
 )
 
