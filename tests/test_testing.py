@@ -760,20 +760,6 @@ def test_torch_inputs_give_the_numpy_report_and_complex_tensors_are_refused():
         check_bijection(forward, inverse, inputs=torch.nn.Linear(2, 2))
 
 
-def test_jax_inputs_give_the_numpy_report_and_complex_arrays_are_refused():
-    jnp = pytest.importorskip("jax.numpy", reason="jax comes with the interop extra")
-    # float32: what JAX keeps whether or not another test enabled x64
-    z = Z.astype(numpy.float32)
-    for error in (0.0, numpy.log(2.0)):
-        reference = check_bijection(*_triangular(numpy, error), inputs=z)
-        report = check_bijection(*_triangular(jnp, error), inputs=jnp.asarray(z))
-        assert report.meta["arrays"] == "jax"
-        assert _verdicts(report) == _verdicts(reference), report.table()
-    assert reference.failed == ["log_det", "inverse_log_det"]
-    with pytest.raises(ValueError, match="^inputs: .*JAX array of dtype complex64"):
-        check_bijection(*_triangular(jnp), inputs=jnp.asarray(z + 1j))
-
-
 @pytest.mark.parametrize("where", ["output", "log_det"])
 def test_complex_results_fail_unless_their_imaginary_parts_are_zero(where):
     """An imaginary part in a forward's output or log-det is a finding (numpy.asarray would

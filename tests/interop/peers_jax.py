@@ -10,8 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy
+import pytest
 
 from refflow.testing import check_bijection
+from tests.test_testing import Z, _triangular, _verdicts
 
 
 def _pair(slope=0.3, sign=1.0):
@@ -48,3 +50,16 @@ def test_jax_float64_with_x64_and_a_flipped_sign():
         assert "log_det" in bad.failed
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+def test_jax_inputs_give_the_numpy_report_and_complex_arrays_are_refused():
+    # float32: what JAX keeps whether or not another test enabled x64
+    z = Z.astype(numpy.float32)
+    for error in (0.0, numpy.log(2.0)):
+        reference = check_bijection(*_triangular(numpy, error), inputs=z)
+        report = check_bijection(*_triangular(jnp, error), inputs=jnp.asarray(z))
+        assert report.meta["arrays"] == "jax"
+        assert _verdicts(report) == _verdicts(reference), report.table()
+    assert reference.failed == ["log_det", "inverse_log_det"]
+    with pytest.raises(ValueError, match="^inputs: .*JAX array of dtype complex64"):
+        check_bijection(*_triangular(jnp), inputs=jnp.asarray(z + 1j))
