@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import pickle
+import pickle  # host-ok: the flow goes to our own spawned workers, never to a file
 import shutil
 import signal
 import time
@@ -86,8 +86,9 @@ class WorkerError(RuntimeError):
 def _poll(conn: Any, seconds: float) -> None:
     """Busy-wait up to ``seconds`` for a message on ``conn``; the caller then receives."""
     deadline = time.monotonic() + seconds
-    while not conn.poll(0) and time.monotonic() < deadline:
-        pass
+    while time.monotonic() < deadline:
+        if conn.poll(0):
+            return
 
 
 def _layout(arrays: dict) -> tuple[list, int]:
